@@ -1,0 +1,19 @@
+//! vhost-user-scsi: a userspace vhost-user-scsi backend.
+//!
+//! Layers (each a module with one job; a module only imports the ones below it):
+//! - [`vhost`]: the `VhostUserBackend` implementation, worker threads, queue wiring.
+//! - [`virtio_scsi`]: virtio-scsi request/response structures, descriptor-chain parsing.
+//! - [`scsi`]: a transport-independent SCSI target (CDB decoding, emulation, sense).
+//! - [`block`]: backing devices and the io_uring engine.
+//! - [`units`]: newtypes for blocks and bytes, shared by `scsi` and `block`.
+//!
+//! [`frontend`] is a vhost-user *frontend* (QEMU's side) used by the host
+//! integration tests and the benchmark; [`cli`] is the command line.
+
+pub mod block;
+pub mod cli;
+pub mod frontend;
+pub mod scsi;
+pub mod units;
+pub mod vhost;
+pub mod virtio_scsi;

@@ -1,0 +1,1 @@
+//! The vhost-user backend (filled in by the integrator).

@@ -1,1 +1,73 @@
-fn main() {}
+//! vhost-user-scsi: the binary edge (argument parsing, logging, signals,
+//! exit codes). Errors are one line on stderr and exit code 1.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use nix::sys::signal::{SigSet, Signal};
+use tracing_subscriber::EnvFilter;
+
+use vhost_user_scsi::cli::{build_device, Cli, Command, ServeArgs};
+use vhost_user_scsi::vhost::{bind, serve, ServerConfig, ShutdownSignal};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            // --help and --version are not errors.
+            let code = if e.use_stderr() { 1 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Serve(args) => run_serve(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vhost-user-scsi: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run_serve(args: &ServeArgs) -> anyhow::Result<()> {
+    // Block SIGINT/SIGTERM before any thread starts so that every thread
+    // inherits the mask and only the signal thread receives them.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGTERM);
+    signals.thread_block().context("cannot block signals")?;
+
+    let device = Arc::new(build_device(args)?);
+    let listener = bind(&args.socket)?;
+    let shutdown = ShutdownSignal::new().context("cannot create the shutdown eventfd")?;
+    {
+        let shutdown = shutdown.clone();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                if let Ok(sig) = signals.wait() {
+                    tracing::info!(signal = %sig, "stopping");
+                    shutdown.trigger();
+                }
+            })
+            .context("cannot start the signal thread")?;
+    }
+    let config = ServerConfig {
+        socket: args.socket.clone(),
+        request_queues: usize::from(args.num_queues),
+        queue_size: usize::from(args.queue_size),
+    };
+    serve(device, &config, listener, &shutdown)?;
+    Ok(())
+}

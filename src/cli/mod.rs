@@ -1,1 +1,175 @@
-//! Command line (filled in by the vhost/main work).
+//! The command line: `vhost-user-scsi serve --socket PATH --disk SPEC ...`.
+//!
+//! Parsing only; opening disks and serving live in [`crate::vhost`]. Every
+//! error here is a one-line message for the user (the binary exits 1).
+
+mod disk_spec;
+mod setup;
+
+pub use disk_spec::{DiskSpec, SpecError};
+pub use setup::{build_device, SetupError};
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Largest number of request queues offered.
+pub const MAX_NUM_QUEUES: u16 = 64;
+/// Largest virtqueue size offered.
+pub const MAX_QUEUE_SIZE: u16 = 1024;
+
+/// vhost-user-scsi: serve host disks to QEMU guests as virtio-scsi LUNs.
+#[derive(Debug, Parser)]
+#[command(name = "vhost-user-scsi", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve disks on a vhost-user socket until SIGINT/SIGTERM.
+    Serve(ServeArgs),
+}
+
+/// Options of `serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// vhost-user socket to listen on (QEMU: -chardev socket,path=PATH).
+    #[arg(long, value_name = "PATH")]
+    pub socket: PathBuf,
+
+    /// A LUN of target 0: PATH[,readonly][,block-size=512|4096][,serial=TEXT][,lun=N].
+    /// Repeat for more LUNs; numbered in order unless lun= says otherwise.
+    #[arg(long = "disk", value_name = "SPEC", required = true)]
+    pub disks: Vec<DiskSpec>,
+
+    /// Number of request queues offered (1..=64).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=i64::from(MAX_NUM_QUEUES)))]
+    pub num_queues: u16,
+
+    /// Maximum virtqueue size (1..=1024, a power of two).
+    #[arg(long, default_value_t = 256, value_parser = parse_queue_size)]
+    pub queue_size: u16,
+}
+
+fn parse_queue_size(s: &str) -> Result<u16, String> {
+    let n: u16 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number from 1 to {MAX_QUEUE_SIZE}"))?;
+    if n == 0 || n > MAX_QUEUE_SIZE || !n.is_power_of_two() {
+        return Err(format!(
+            "{n} is not a power of two from 1 to {MAX_QUEUE_SIZE}"
+        ));
+    }
+    Ok(n)
+}
+
+impl ServeArgs {
+    /// The LUN number of each disk, in order: explicit `lun=` values, the
+    /// others numbered in order, skipping numbers already taken. Errors on a
+    /// duplicate.
+    pub fn lun_numbers(&self) -> Result<Vec<u16>, SpecError> {
+        let mut taken = std::collections::BTreeSet::new();
+        for d in &self.disks {
+            if let Some(l) = d.lun {
+                if !taken.insert(l) {
+                    return Err(SpecError::DuplicateLun(l));
+                }
+            }
+        }
+        let mut next = 0u16;
+        let mut out = Vec::with_capacity(self.disks.len());
+        for d in &self.disks {
+            let lun = match d.lun {
+                Some(l) => l,
+                None => {
+                    while taken.contains(&next) {
+                        next = next.checked_add(1).ok_or(SpecError::TooManyLuns)?;
+                    }
+                    taken.insert(next);
+                    next
+                }
+            };
+            if lun > disk_spec::MAX_LUN {
+                return Err(SpecError::LunOutOfRange(lun));
+            }
+            out.push(lun);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("vhost-user-scsi").chain(args.iter().copied()))
+    }
+
+    fn serve(args: &[&str]) -> ServeArgs {
+        match parse(args).unwrap().command {
+            Command::Serve(s) => s,
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let s = serve(&["serve", "--socket", "/tmp/s", "--disk", "/a.img"]);
+        assert_eq!(s.num_queues, 4);
+        assert_eq!(s.queue_size, 256);
+        assert_eq!(s.lun_numbers().unwrap(), vec![0]);
+    }
+
+    #[test]
+    fn bad_numbers_are_rejected() {
+        for args in [
+            &["serve", "--socket", "s", "--disk", "a", "--num-queues", "0"][..],
+            &[
+                "serve",
+                "--socket",
+                "s",
+                "--disk",
+                "a",
+                "--num-queues",
+                "65",
+            ],
+            &[
+                "serve",
+                "--socket",
+                "s",
+                "--disk",
+                "a",
+                "--queue-size",
+                "1025",
+            ],
+            &[
+                "serve",
+                "--socket",
+                "s",
+                "--disk",
+                "a",
+                "--queue-size",
+                "100",
+            ],
+            &["serve", "--socket", "s"],
+            &["serve", "--disk", "a"],
+            &["serve", "--socket", "s", "--disk", "a,block-size=1024"],
+        ] {
+            assert!(parse(args).is_err(), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn lun_numbering_follows_order_and_explicit_numbers() {
+        let s = serve(&[
+            "serve", "--socket", "s", "--disk", "a", "--disk", "b,lun=0", "--disk", "c",
+        ]);
+        assert_eq!(s.lun_numbers().unwrap(), vec![1, 0, 2]);
+        let s = serve(&[
+            "serve", "--socket", "s", "--disk", "a,lun=3", "--disk", "b,lun=3",
+        ]);
+        assert!(matches!(s.lun_numbers(), Err(SpecError::DuplicateLun(3))));
+    }
+}

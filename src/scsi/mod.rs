@@ -111,3 +111,11 @@ pub enum Outcome {
 
 mod target;
 pub use target::{io_error_sense, LunConfig, ScsiError, Target};
+
+/// A stable 64-bit FNV-1a hash (the same on every run and build), used to
+/// derive default serial numbers and NAA identifiers from a backing path.
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}

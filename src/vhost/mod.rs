@@ -1,1 +1,19 @@
-//! The vhost-user backend (filled in by the integrator).
+//! The vhost-user side: the `VhostUserBackend` implementation, per-queue
+//! workers and the accept loop. This is the only module that knows about
+//! vhost-user-backend, so that the protocol handling can later move onto
+//! the `vhost` crate's request handler directly (for INFLIGHT_SHMFD).
+//!
+//! Queue layout (virtio 1.2 5.6.2): 0 control, 1 event, 2.. request queues.
+//! Thread 0 serves the control and event queues; thread `1 + i` serves
+//! request queue `i` with its own io_uring.
+
+mod backend;
+mod control;
+mod device;
+mod ratelimit;
+mod server;
+mod worker;
+
+pub use backend::ScsiBackend;
+pub use device::{Device, LunBacking};
+pub use server::{bind, serve, ServeError, ServerConfig, ShutdownSignal};

@@ -9,6 +9,8 @@ pub const SENSE_SIZE: usize = 96;
 
 // Response codes (5.6.6.1).
 pub const S_OK: u8 = 0;
+/// Task management: the function completed (same value as S_OK).
+pub const S_FUNCTION_COMPLETE: u8 = 0;
 pub const S_OVERRUN: u8 = 1;
 pub const S_ABORTED: u8 = 2;
 pub const S_BAD_TARGET: u8 = 3;

@@ -1,0 +1,128 @@
+//! Turn `serve` arguments into a [`Device`]: open each backing store, check
+//! its size against the block size, and describe it to the SCSI target.
+//! Everything is checked before anything listens.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::block::{Backing, BackingKind, BlockError};
+use crate::scsi::{LunConfig, ScsiError, Target};
+use crate::units::{BlockSize, ByteCount};
+use crate::vhost::{Device, LunBacking};
+
+use super::{DiskSpec, ServeArgs, SpecError};
+
+/// Largest single transfer we advertise (VPD B0h), in bytes.
+pub const MAX_TRANSFER_BYTES: u32 = 4 << 20;
+/// Preferred transfer size we advertise (VPD B0h), in bytes.
+pub const OPTIMAL_TRANSFER_BYTES: u32 = 128 << 10;
+
+/// Why the disks cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error("{0}")]
+    Block(#[from] BlockError),
+    #[error("{path}: size is zero")]
+    Empty { path: String },
+    #[error("{path}: size {size} is not a multiple of the block size {bs}")]
+    NotMultiple {
+        path: String,
+        size: u64,
+        bs: BlockSize,
+    },
+    #[error(
+        "{path}: block-size={requested} is smaller than the device's logical block size {device}"
+    )]
+    BlockSizeTooSmall {
+        path: String,
+        requested: BlockSize,
+        device: u32,
+    },
+    #[error("{path}: the device's logical block size {device} is not supported (512 or 4096)")]
+    UnsupportedDeviceBlockSize { path: String, device: u32 },
+    #[error("{0}")]
+    Scsi(#[from] ScsiError),
+}
+
+/// Open every disk of `args` and build the device.
+pub fn build_device(args: &ServeArgs) -> Result<Device, SetupError> {
+    let numbers = args.lun_numbers()?;
+    let mut configs = Vec::with_capacity(args.disks.len());
+    let mut luns = Vec::with_capacity(args.disks.len());
+    for (spec, lun) in args.disks.iter().zip(numbers) {
+        let (config, backing) = open_disk(spec, lun)?;
+        tracing::info!(
+            lun,
+            path = %spec.path.display(),
+            blocks = config.num_blocks.0,
+            block_size = %config.block_size,
+            readonly = config.readonly,
+            direct = backing.is_direct(),
+            "disk"
+        );
+        configs.push(config);
+        luns.push(LunBacking {
+            lun,
+            backing: Arc::new(backing),
+        });
+    }
+    Ok(Device::new(Target::new(configs)?, luns))
+}
+
+fn open_disk(spec: &DiskSpec, lun: u16) -> Result<(LunConfig, Backing), SetupError> {
+    let shown = spec.path.display().to_string();
+    let backing = Backing::open(&spec.path, spec.readonly)?;
+    let device_bs = backing.logical_block_size();
+    let block_size = match spec.block_size {
+        Some(bs) if bs.bytes() < device_bs => {
+            return Err(SetupError::BlockSizeTooSmall {
+                path: shown,
+                requested: bs,
+                device: device_bs,
+            })
+        }
+        Some(bs) => bs,
+        None => BlockSize::new(device_bs).ok_or(SetupError::UnsupportedDeviceBlockSize {
+            path: shown.clone(),
+            device: device_bs,
+        })?,
+    };
+    let size: ByteCount = backing.size();
+    if size.0 == 0 {
+        return Err(SetupError::Empty { path: shown });
+    }
+    if !size.is_multiple_of(block_size) {
+        return Err(SetupError::NotMultiple {
+            path: shown,
+            size: size.0,
+            bs: block_size,
+        });
+    }
+    let identity = identity_of(&spec.path);
+    let serial = spec
+        .serial
+        .clone()
+        .unwrap_or_else(|| format!("{:016x}", crate::scsi::stable_hash(identity.as_bytes())));
+    let config = LunConfig {
+        lun,
+        block_size,
+        num_blocks: size.to_blocks(block_size),
+        readonly: spec.readonly,
+        serial,
+        identity,
+        rotational: backing.kind() == BackingKind::BlockDevice && backing.is_rotational(),
+        max_transfer_blocks: MAX_TRANSFER_BYTES >> block_size.shift(),
+        optimal_transfer_blocks: OPTIMAL_TRANSFER_BYTES >> block_size.shift(),
+    };
+    Ok((config, backing))
+}
+
+/// A stable identity for a backing path: its canonical form.
+fn identity_of(path: &Path) -> String {
+    std::fs::canonicalize(path)
+        .unwrap_or_else(|_| path.to_owned())
+        .display()
+        .to_string()
+}

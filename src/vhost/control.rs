@@ -1,0 +1,163 @@
+//! The control queue (task management, asynchronous notification) and the
+//! event queue (virtio 1.2 5.6.6.2, 5.6.6.3). Both are served by thread 0.
+
+use std::sync::{Arc, Mutex};
+
+use vhost_user_backend::VringT;
+use virtio_queue::QueueT;
+use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic};
+
+use super::device::Device;
+use super::ratelimit::{warn_limited, RateLimit};
+use super::worker::{RequestWorker, Vring};
+use crate::virtio_scsi::{
+    decode_lun, parse_ctrl, split_chain, CtrlAnResp, CtrlRequest, CtrlTmfReq, GuestMem, LunAddress,
+    S_BAD_TARGET, S_FAILURE, S_FUNCTION_COMPLETE, S_FUNCTION_REJECTED, S_FUNCTION_SUCCEEDED,
+    S_INCORRECT_LUN, S_OK, T_TMF_ABORT_TASK, T_TMF_ABORT_TASK_SET, T_TMF_CLEAR_TASK_SET,
+    T_TMF_I_T_NEXUS_RESET, T_TMF_LOGICAL_UNIT_RESET, T_TMF_QUERY_TASK, T_TMF_QUERY_TASK_SET,
+};
+
+/// The control queue's state.
+pub(crate) struct ControlQueue {
+    device: Arc<Device>,
+    log: RateLimit,
+}
+
+impl ControlQueue {
+    pub(crate) fn new(device: Arc<Device>) -> Self {
+        ControlQueue {
+            device,
+            log: RateLimit::new(),
+        }
+    }
+
+    /// Answer every available control request. Never leaves one
+    /// unanswered: a request we cannot parse gets VIRTIO_SCSI_S_FAILURE (or
+    /// is returned unused when it has no room for a response).
+    pub(crate) fn process(
+        &mut self,
+        vring: &Vring,
+        event_idx: bool,
+        mem: &GuestMemoryAtomic<GuestMem>,
+        workers: &[Mutex<RequestWorker>],
+    ) {
+        let mem = mem.memory();
+        let mut state = vring.get_mut();
+        loop {
+            if event_idx {
+                let _ = state.disable_notification();
+            }
+            while let Some(chain) = state.get_queue_mut().pop_descriptor_chain(mem.clone()) {
+                let head = chain.head_index();
+                let used = match split_chain(chain) {
+                    Err(e) => {
+                        warn_limited!(self.log, error = %e, "malformed control chain");
+                        0
+                    }
+                    Ok(split) => match parse_ctrl(&mem, split) {
+                        Err(bad) => {
+                            warn_limited!(self.log, error = %bad.error, "bad control request");
+                            match bad.resp {
+                                Some(resp) => write(&mem, &resp, &[S_FAILURE]),
+                                None => 0,
+                            }
+                        }
+                        Ok((CtrlRequest::Tmf(tmf), resp)) => {
+                            let response = self.task_management(&tmf, workers);
+                            write(&mem, &resp, &[response])
+                        }
+                        Ok((CtrlRequest::An(_), resp)) => {
+                            // We report no asynchronous events: none are
+                            // supported, none are subscribed.
+                            let an = CtrlAnResp {
+                                event_actual: 0,
+                                response: S_OK,
+                            };
+                            write(&mem, &resp, an.as_slice())
+                        }
+                    },
+                };
+                if let Err(e) = state.add_used(head, used) {
+                    warn_limited!(self.log, error = %e, "add_used failed on the control queue");
+                }
+            }
+            if !event_idx || !state.enable_notification().unwrap_or(false) {
+                break;
+            }
+        }
+        if state.needs_notification().unwrap_or(true) {
+            if let Err(e) = state.signal_used_queue() {
+                warn_limited!(self.log, error = %e, "cannot signal the control queue");
+            }
+        }
+    }
+
+    /// Execute a task management function (SAM-5 7). We cannot cancel a
+    /// command the kernel already has, so every function that aborts waits
+    /// for the affected commands to finish (they complete normally, before
+    /// this response, which SAM allows), then reports FUNCTION COMPLETE.
+    fn task_management(&mut self, tmf: &CtrlTmfReq, workers: &[Mutex<RequestWorker>]) -> u8 {
+        let lun_field = tmf.lun;
+        let lun = match decode_lun(&lun_field) {
+            LunAddress::Lun { target: 0, lun } => lun,
+            _ => return S_BAD_TARGET,
+        };
+        let subtype = u32::from_le(tmf.subtype);
+        let tag = u64::from_le(tmf.tag);
+        if subtype != T_TMF_I_T_NEXUS_RESET && self.device.backing(lun).is_none() {
+            return S_INCORRECT_LUN;
+        }
+        tracing::debug!(lun, subtype, tag, "task management function");
+        match subtype {
+            T_TMF_ABORT_TASK => {
+                drain_where(workers, |w| w.has_tag(lun, tag));
+                S_FUNCTION_COMPLETE
+            }
+            T_TMF_ABORT_TASK_SET | T_TMF_CLEAR_TASK_SET | T_TMF_LOGICAL_UNIT_RESET => {
+                drain_where(workers, |w| w.has_lun_requests(lun));
+                S_FUNCTION_COMPLETE
+            }
+            T_TMF_I_T_NEXUS_RESET => {
+                drain_where(workers, |_| true);
+                S_FUNCTION_COMPLETE
+            }
+            T_TMF_QUERY_TASK => {
+                if any_worker(workers, |w| w.has_tag(lun, tag)) {
+                    S_FUNCTION_SUCCEEDED
+                } else {
+                    S_FUNCTION_COMPLETE
+                }
+            }
+            T_TMF_QUERY_TASK_SET => {
+                if any_worker(workers, |w| w.has_lun_requests(lun)) {
+                    S_FUNCTION_SUCCEEDED
+                } else {
+                    S_FUNCTION_COMPLETE
+                }
+            }
+            // CLEAR ACA (we never establish an ACA) and unknown functions.
+            _ => S_FUNCTION_REJECTED,
+        }
+    }
+}
+
+fn drain_where(workers: &[Mutex<RequestWorker>], pred: impl Fn(&RequestWorker) -> bool) {
+    for w in workers {
+        let mut w = w.lock().unwrap_or_else(|p| p.into_inner());
+        if pred(&w) {
+            w.drain();
+        }
+    }
+}
+
+fn any_worker(workers: &[Mutex<RequestWorker>], pred: impl Fn(&RequestWorker) -> bool) -> bool {
+    workers
+        .iter()
+        .any(|w| pred(&w.lock().unwrap_or_else(|p| p.into_inner())))
+}
+
+fn write(mem: &GuestMem, resp: &crate::virtio_scsi::Segments, bytes: &[u8]) -> u32 {
+    resp.write_from(mem, bytes)
+        .map(|n| u32::try_from(n).unwrap_or(0))
+        .unwrap_or(0)
+}

@@ -1,0 +1,199 @@
+//! The accept loop: one vhost-user connection at a time on one socket; a
+//! fresh backend (queues, workers, io_urings) for each connection, so a
+//! guest restart or a QEMU restart finds the daemon ready again.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use vhost::vhost_user::Listener;
+use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::backend::ScsiBackend;
+use super::device::Device;
+use crate::block::BlockError;
+
+/// What `serve` needs besides the device.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub socket: PathBuf,
+    pub request_queues: usize,
+    pub queue_size: usize,
+}
+
+/// Errors that stop the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("socket {0} is already served by a live process")]
+    SocketInUse(PathBuf),
+    #[error("{0} exists and is not a socket")]
+    NotASocket(PathBuf),
+    #[error("cannot listen on {path}: {source}")]
+    Listen {
+        path: PathBuf,
+        source: vhost::vhost_user::Error,
+    },
+    #[error("cannot create the backend: {0}")]
+    Backend(#[from] BlockError),
+    #[error("vhost-user daemon: {0}")]
+    Daemon(String),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// Asks a running [`serve`] to stop: it stops accepting, disconnects the
+/// current frontend, drains in-flight I/O and returns.
+pub struct ShutdownSignal {
+    requested: AtomicBool,
+    wake: EventFd,
+    current: Mutex<Option<ShutdownHandle>>,
+}
+
+impl ShutdownSignal {
+    pub fn new() -> io::Result<Arc<Self>> {
+        Ok(Arc::new(ShutdownSignal {
+            requested: AtomicBool::new(false),
+            wake: EventFd::new(EFD_NONBLOCK)?,
+            current: Mutex::new(None),
+        }))
+    }
+
+    pub fn trigger(&self) {
+        self.requested.store(true, Ordering::SeqCst);
+        let _ = self.wake.write(1);
+        if let Some(h) = self
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            h.shutdown();
+        }
+    }
+
+    pub fn is_requested(&self) -> bool {
+        self.requested.load(Ordering::SeqCst)
+    }
+
+    fn set_current(&self, handle: Option<ShutdownHandle>) {
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = handle;
+    }
+}
+
+/// Bind the vhost-user socket, refusing a path that a live process serves
+/// (a stale socket file is replaced).
+pub fn bind(path: &Path) -> Result<Listener, ServeError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(ServeError::NotASocket(path.to_owned()))
+        }
+        Ok(_) => {
+            if UnixStream::connect(path).is_ok() {
+                return Err(ServeError::SocketInUse(path.to_owned()));
+            }
+        }
+        Err(_) => {}
+    }
+    Listener::new(path, true).map_err(|source| ServeError::Listen {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Serve connections on `listener` until `shutdown` is triggered. Returns
+/// after the last connection's I/O is drained and the disks are flushed.
+pub fn serve(
+    device: Arc<Device>,
+    config: &ServerConfig,
+    mut listener: Listener,
+    shutdown: &ShutdownSignal,
+) -> Result<(), ServeError> {
+    tracing::info!(socket = %config.socket.display(), queues = config.request_queues, "listening");
+    while wait_for_connection(listener.as_raw_fd(), shutdown.wake.as_raw_fd())? {
+        if shutdown.is_requested() {
+            break;
+        }
+        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+        let backend = ScsiBackend::new(
+            device.clone(),
+            config.request_queues,
+            config.queue_size,
+            mem.clone(),
+        )?;
+        let mut daemon = VhostUserDaemon::new("vhost-user-scsi".into(), backend.clone(), mem)
+            .map_err(|e| ServeError::Daemon(e.to_string()))?;
+        let handlers = daemon.get_epoll_handlers();
+        for i in 0..backend.request_queues() {
+            let (Some(h), Some(fd)) = (handlers.get(1 + i), backend.completion_fd(i)) else {
+                return Err(ServeError::Daemon(format!(
+                    "no worker thread for queue {i}"
+                )));
+            };
+            h.register_listener(fd, EventSet::IN, backend.completion_token())?;
+        }
+        daemon
+            .start(&mut listener)
+            .map_err(|e| ServeError::Daemon(e.to_string()))?;
+        tracing::info!("frontend connected");
+        shutdown.set_current(daemon.shutdown_handle());
+        if shutdown.is_requested() {
+            daemon.request_shutdown();
+        }
+        let result = daemon.wait();
+        shutdown.set_current(None);
+        match result {
+            Ok(()) => tracing::info!("frontend disconnected"),
+            Err(e) => tracing::warn!(error = %e, "connection ended with an error"),
+        }
+        // Finish what the guest had in flight, then let the worker threads
+        // go (dropping the daemon joins them).
+        backend.drain_all();
+        drop(daemon);
+        device.sync_all();
+    }
+    device.sync_all();
+    tracing::info!("shut down");
+    Ok(())
+}
+
+/// Block until the listener has a connection (true) or shutdown is asked
+/// (false).
+fn wait_for_connection(listen_fd: RawFd, wake_fd: RawFd) -> Result<bool, ServeError> {
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: listen_fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: wake_fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: `fds` is a valid array of two pollfd for the duration of
+        // the call.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e.into());
+        }
+        if fds[1].revents != 0 {
+            return Ok(false);
+        }
+        if fds[0].revents != 0 {
+            return Ok(true);
+        }
+    }
+}

@@ -34,10 +34,26 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("vhost-user-scsi: error: {e:#}");
+            eprintln!("vhost-user-scsi: error: {}", one_line(&e));
             ExitCode::from(1)
         }
     }
+}
+
+/// The error chain on one line, without repeating a cause that an outer
+/// message already quotes.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let msg = cause.to_string();
+        if !out.contains(&msg) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&msg);
+        }
+    }
+    out
 }
 
 fn run_serve(args: &ServeArgs) -> anyhow::Result<()> {

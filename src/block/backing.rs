@@ -100,11 +100,7 @@ fn statx_dio_align(file: &File) -> Option<(u32, u32)> {
 /// `/sys/dev/block/MAJ:MIN/queue/rotational`; partitions have no `queue`
 /// directory of their own, so the parent disk's is tried next.
 fn read_rotational(rdev: u64) -> bool {
-    let base = format!(
-        "/sys/dev/block/{}:{}",
-        libc::major(rdev),
-        libc::minor(rdev)
-    );
+    let base = format!("/sys/dev/block/{}:{}", libc::major(rdev), libc::minor(rdev));
     for candidate in ["queue/rotational", "../queue/rotational"] {
         if let Ok(s) = std::fs::read_to_string(format!("{base}/{candidate}")) {
             return s.trim() == "1";
@@ -188,10 +184,7 @@ impl Backing {
 
         let (dio_mem_align, dio_offset_align) = match statx_dio_align(&file) {
             Some((m, o)) => (m as usize, u64::from(o)),
-            None => (
-                logical_block_size as usize,
-                u64::from(logical_block_size),
-            ),
+            None => (logical_block_size as usize, u64::from(logical_block_size)),
         };
 
         let buffered = if direct {

@@ -717,3 +717,419 @@ impl Drop for Engine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn assert_send<T: Send>() {}
+
+    #[test]
+    fn engine_is_send() {
+        assert_send::<Engine>();
+        assert_send::<EngineOp>();
+    }
+
+    /// A zeroed buffer of `len` bytes starting `skew` bytes past a 4096
+    /// boundary.
+    struct TestBuf {
+        v: Vec<u8>,
+        start: usize,
+        len: usize,
+    }
+
+    impl TestBuf {
+        fn new(len: usize, skew: usize) -> TestBuf {
+            let v = vec![0u8; len + 8192];
+            let addr = v.as_ptr() as usize;
+            let start = (4096 - addr % 4096) % 4096 + skew;
+            TestBuf { v, start, len }
+        }
+        fn slice(&self) -> &[u8] {
+            &self.v[self.start..self.start + self.len]
+        }
+        fn slice_mut(&mut self) -> &mut [u8] {
+            &mut self.v[self.start..self.start + self.len]
+        }
+        /// iovecs splitting the buffer at `cuts` (relative positions).
+        fn iovecs(&mut self, cuts: &[usize]) -> Vec<IoVec> {
+            let base = self.slice_mut().as_mut_ptr();
+            let mut out = Vec::new();
+            let mut prev = 0;
+            for &c in cuts.iter().chain(std::iter::once(&self.len)) {
+                out.push(IoVec::new(base.wrapping_add(prev), c - prev));
+                prev = c;
+            }
+            out
+        }
+    }
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    fn image(len: u64) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new_in("/tmp").unwrap();
+        f.as_file().set_len(len).unwrap();
+        f
+    }
+
+    fn engine() -> Engine {
+        let mut e = Engine::new(64).unwrap();
+        e.enable().unwrap();
+        e
+    }
+
+    /// Push one op, submit, drain; returns its completion.
+    fn run(e: &mut Engine, b: &Arc<Backing>, op: EngineOp) -> Result<u64, i32> {
+        // SAFETY: tests keep the buffers alive until drain returns.
+        unsafe { e.push(b, op, 42) }.unwrap();
+        e.submit().unwrap();
+        let mut out = Vec::new();
+        e.drain(&mut out).unwrap();
+        assert_eq!(e.in_flight(), 0);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].user_data, 42);
+        out[0].result
+    }
+
+    fn read(offset: u64, iovecs: Vec<IoVec>) -> EngineOp {
+        EngineOp::Read {
+            offset: ByteOffset(offset),
+            iovecs,
+        }
+    }
+
+    fn write(offset: u64, iovecs: Vec<IoVec>, fua: bool) -> EngineOp {
+        EngineOp::Write {
+            offset: ByteOffset(offset),
+            iovecs,
+            fua,
+        }
+    }
+
+    #[test]
+    fn ring_sizes_are_clamped() {
+        let e = Engine::new(1).unwrap();
+        assert_eq!(e.ring.params().sq_entries(), 64);
+        assert!(e.event_fd() >= 0);
+        let e = Engine::new(100).unwrap();
+        assert_eq!(e.ring.params().sq_entries(), 128);
+        assert_eq!(e.in_flight(), 0);
+    }
+
+    #[test]
+    fn enable_is_idempotent() {
+        let mut e = Engine::new(64).unwrap();
+        // This kernel supports SINGLE_ISSUER | DEFER_TASKRUN | R_DISABLED.
+        assert!(e.needs_enable);
+        e.enable().unwrap();
+        assert!(!e.needs_enable);
+        e.enable().unwrap();
+    }
+
+    #[test]
+    fn write_then_read_aligned_iovecs() {
+        let f = image(1 << 20);
+        let b = Arc::new(Backing::open(f.path(), false).unwrap());
+        assert!(b.is_direct());
+        let mut e = engine();
+        let data = pattern(12288, 3);
+        let mut wbuf = TestBuf::new(12288, 0);
+        wbuf.slice_mut().copy_from_slice(&data);
+        let iov = wbuf.iovecs(&[4096, 8192]);
+        assert_eq!(run(&mut e, &b, write(8192, iov, false)), Ok(12288));
+
+        let mut rbuf = TestBuf::new(12288, 0);
+        let iov = rbuf.iovecs(&[8192]);
+        assert_eq!(run(&mut e, &b, read(8192, iov)), Ok(12288));
+        assert_eq!(rbuf.slice(), &data[..]);
+
+        let on_disk = std::fs::read(f.path()).unwrap();
+        assert_eq!(&on_disk[8192..8192 + 12288], &data[..]);
+        assert!(on_disk[..8192].iter().all(|&x| x == 0));
+    }
+
+    #[test]
+    fn fua_write_and_flush() {
+        let f = image(65536);
+        let b = Arc::new(Backing::open(f.path(), false).unwrap());
+        let mut e = engine();
+        let mut wbuf = TestBuf::new(4096, 0);
+        wbuf.slice_mut().copy_from_slice(&pattern(4096, 9));
+        let iov = wbuf.iovecs(&[]);
+        assert_eq!(run(&mut e, &b, write(0, iov, true)), Ok(4096));
+        assert_eq!(run(&mut e, &b, EngineOp::Flush), Ok(0));
+        let on_disk = std::fs::read(f.path()).unwrap();
+        assert_eq!(&on_disk[..4096], &pattern(4096, 9)[..]);
+    }
+
+    #[test]
+    fn unaligned_memory_is_bounced() {
+        let f = image(65536);
+        let b = Arc::new(Backing::open(f.path(), false).unwrap());
+        assert!(b.is_direct());
+        let mut e = engine();
+        let data = pattern(8192, 77);
+        let mut wbuf = TestBuf::new(8192, 1);
+        wbuf.slice_mut().copy_from_slice(&data);
+        let iov = wbuf.iovecs(&[1000, 5000]);
+        assert_eq!(run(&mut e, &b, write(4096, iov, false)), Ok(8192));
+        assert_eq!(
+            &std::fs::read(f.path()).unwrap()[4096..4096 + 8192],
+            &data[..]
+        );
+
+        let mut rbuf = TestBuf::new(8192, 3);
+        let iov = rbuf.iovecs(&[7, 4100]);
+        assert_eq!(run(&mut e, &b, read(4096, iov)), Ok(8192));
+        assert_eq!(rbuf.slice(), &data[..]);
+    }
+
+    #[test]
+    fn misaligned_offset_uses_buffered_fd() {
+        let f = image(65536);
+        let b = Arc::new(Backing::open(f.path(), false).unwrap());
+        let mut e = engine();
+        let mut wbuf = TestBuf::new(3, 1);
+        wbuf.slice_mut().copy_from_slice(b"abc");
+        let iov = wbuf.iovecs(&[]);
+        assert_eq!(run(&mut e, &b, write(1, iov, true)), Ok(3));
+        // A direct read of the whole block sees the buffered write.
+        let mut rbuf = TestBuf::new(4096, 0);
+        let iov = rbuf.iovecs(&[]);
+        assert_eq!(run(&mut e, &b, read(0, iov)), Ok(4096));
+        assert_eq!(&rbuf.slice()[..5], b"\0abc\0");
+    }
+
+    #[test]
+    fn more_iovecs_than_iov_max_are_resubmitted() {
+        // Misaligned offset -> buffered fd -> the op is split into chunks
+        // of IOV_MAX iovecs, i.e. short transfers that get resubmitted.
+        let f = image(65536);
+        let b = Arc::new(Backing::open(f.path(), false).unwrap());
+        let mut e = engine();
+        let n = 2500;
+        let data = pattern(3 * n, 5);
+        let mut wbuf = TestBuf::new(3 * n, 0);
+        wbuf.slice_mut().copy_from_slice(&data);
+        let cuts: Vec<usize> = (1..n).map(|i| 3 * i).collect();
+        let iov = wbuf.iovecs(&cuts);
+        assert_eq!(iov.len(), n);
+        assert_eq!(run(&mut e, &b, write(5, iov, false)), Ok(3 * n as u64));
+        let mut rbuf = TestBuf::new(3 * n, 0);
+        let iov = rbuf.iovecs(&cuts);
+        assert_eq!(run(&mut e, &b, read(5, iov)), Ok(3 * n as u64));
+        assert_eq!(rbuf.slice(), &data[..]);
+
+        // Aligned offset with > IOV_MAX iovecs on O_DIRECT -> bounced.
+        let mut wbuf = TestBuf::new(512 * 1100, 0);
+        let data = pattern(512 * 1100, 1);
+        wbuf.slice_mut().copy_from_slice(&data);
+        let cuts: Vec<usize> = (1..1100).map(|i| 512 * i).collect();
+        let iov = wbuf.iovecs(&cuts);
+        assert_eq!(run(&mut e, &b, write(0, iov, false)), Ok(512 * 1100));
+        assert_eq!(&std::fs::read(f.path()).unwrap()[..512 * 1100], &data[..]);
+    }
+
+    #[test]
+    fn read_at_eof_is_eio() {
+        let f = image(4096);
+        let b = Arc::new(Backing::open(f.path(), false).unwrap());
+        let mut e = engine();
+        let mut rbuf = TestBuf::new(4096, 0);
+        let iov = rbuf.iovecs(&[]);
+        assert_eq!(run(&mut e, &b, read(4096, iov)), Err(libc::EIO));
+        // Spanning the end: a short read of 4096, resubmitted, then EOF.
+        let mut rbuf = TestBuf::new(8192, 0);
+        let iov = rbuf.iovecs(&[2048]);
+        assert_eq!(run(&mut e, &b, read(0, iov)), Err(libc::EIO));
+    }
+
+    #[test]
+    fn short_read_resubmits_remaining_iovecs() {
+        let mut slot = Slot {
+            user_data: 0,
+            _backing: Arc::new(Backing::open(image(4096).path(), true).unwrap()),
+            fd: -1,
+            kind: Kind::Read,
+            offset: 100,
+            total: 30,
+            done: 0,
+            iovecs: vec![
+                IoVec::new(std::ptr::null_mut::<u8>().wrapping_add(1000), 10),
+                IoVec::new(std::ptr::null_mut(), 0),
+                IoVec::new(std::ptr::null_mut::<u8>().wrapping_add(2000), 20),
+            ],
+            start: 0,
+            bounce: None,
+        };
+        slot.done = 4;
+        slot.advance(4);
+        assert_eq!(slot.start, 0);
+        assert_eq!(slot.iovecs[0].base() as usize, 1004);
+        assert_eq!(slot.iovecs[0].len(), 6);
+        slot.done += 11;
+        slot.advance(11);
+        assert_eq!(slot.start, 2);
+        assert_eq!(slot.iovecs[2].base() as usize, 2005);
+        assert_eq!(slot.iovecs[2].len(), 15);
+        let sqe = format!("{:?}", slot.sqe(7));
+        assert!(sqe.contains("user_data: 7"), "{sqe}");
+    }
+
+    #[test]
+    fn readonly_write_fails_with_ebadf() {
+        let f = image(8192);
+        let b = Arc::new(Backing::open(f.path(), true).unwrap());
+        let mut e = engine();
+        let mut wbuf = TestBuf::new(4096, 0);
+        let iov = wbuf.iovecs(&[]);
+        assert_eq!(run(&mut e, &b, write(0, iov, false)), Err(libc::EBADF));
+        let mut rbuf = TestBuf::new(4096, 0);
+        let iov = rbuf.iovecs(&[]);
+        assert_eq!(run(&mut e, &b, read(0, iov)), Ok(4096));
+    }
+
+    fn wait_readable(fd: RawFd) {
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let rc = unsafe { libc::poll(&mut pfd, 1, 5000) };
+        assert_eq!(rc, 1, "eventfd not signalled within 5 s");
+    }
+
+    #[test]
+    fn zero_length_completes_via_eventfd() {
+        let f = image(4096);
+        let b = Arc::new(Backing::open(f.path(), false).unwrap());
+        let mut e = engine();
+        // SAFETY: no memory is referenced.
+        unsafe { e.push(&b, read(0, Vec::new()), 5) }.unwrap();
+        assert_eq!(e.in_flight(), 1);
+        wait_readable(e.event_fd());
+        let mut out = Vec::new();
+        e.reap(&mut out).unwrap();
+        assert_eq!(
+            out,
+            vec![Completion {
+                user_data: 5,
+                result: Ok(0)
+            }]
+        );
+        assert_eq!(e.in_flight(), 0);
+    }
+
+    #[test]
+    fn many_ops_beyond_ring_size_via_eventfd() {
+        const N: usize = 600;
+        let f = image((N * 4096) as u64);
+        let b = Arc::new(Backing::open(f.path(), false).unwrap());
+        let mut e = engine();
+        let mut bufs: Vec<TestBuf> = (0..N)
+            .map(|i| {
+                let mut t = TestBuf::new(4096, 0);
+                t.slice_mut().copy_from_slice(&pattern(4096, i as u8));
+                t
+            })
+            .collect();
+        for (i, t) in bufs.iter_mut().enumerate() {
+            let iov = t.iovecs(&[]);
+            // SAFETY: the buffers outlive the loop below.
+            unsafe { e.push(&b, write((i * 4096) as u64, iov, false), i as u64) }.unwrap();
+        }
+        assert_eq!(e.in_flight(), N);
+        e.submit().unwrap();
+        let mut out = Vec::new();
+        while out.len() < N {
+            wait_readable(e.event_fd());
+            e.reap(&mut out).unwrap();
+        }
+        assert_eq!(e.in_flight(), 0);
+        let mut seen: Vec<u64> = out.iter().map(|c| c.user_data).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..N as u64).collect::<Vec<_>>());
+        assert!(out.iter().all(|c| c.result == Ok(4096)));
+
+        // Read everything back (unaligned, so bounced) with drain.
+        let mut rbufs: Vec<TestBuf> = (0..N).map(|_| TestBuf::new(4096, 1)).collect();
+        for (i, t) in rbufs.iter_mut().enumerate() {
+            let iov = t.iovecs(&[100]);
+            // SAFETY: the buffers outlive the drain below.
+            unsafe { e.push(&b, read((i * 4096) as u64, iov), i as u64) }.unwrap();
+        }
+        e.submit().unwrap();
+        let mut out = Vec::new();
+        e.drain(&mut out).unwrap();
+        assert_eq!(out.len(), N);
+        for (i, t) in rbufs.iter().enumerate() {
+            assert_eq!(t.slice(), &pattern(4096, i as u8)[..], "block {i}");
+        }
+    }
+
+    #[test]
+    fn enable_on_another_thread() {
+        let f = image(65536);
+        let b = Arc::new(Backing::open(f.path(), false).unwrap());
+        let e = Engine::new(64).unwrap();
+        let h = std::thread::spawn(move || {
+            let mut e = e;
+            e.enable().unwrap();
+            let mut wbuf = TestBuf::new(4096, 0);
+            wbuf.slice_mut().copy_from_slice(&pattern(4096, 1));
+            let iov = wbuf.iovecs(&[]);
+            assert_eq!(run(&mut e, &b, write(0, iov, false)), Ok(4096));
+            let mut rbuf = TestBuf::new(4096, 0);
+            let iov = rbuf.iovecs(&[]);
+            assert_eq!(run(&mut e, &b, read(0, iov)), Ok(4096));
+            assert_eq!(rbuf.slice(), &pattern(4096, 1)[..]);
+        });
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn drop_with_ops_in_flight_drains() {
+        let mut f = tempfile::NamedTempFile::new_in("/tmp").unwrap();
+        f.write_all(&vec![1u8; 1 << 20]).unwrap();
+        let b = Arc::new(Backing::open(f.path(), false).unwrap());
+        let mut bufs: Vec<TestBuf> = (0..64).map(|_| TestBuf::new(16384, 0)).collect();
+        let mut e = engine();
+        for (i, t) in bufs.iter_mut().enumerate() {
+            let iov = t.iovecs(&[]);
+            // SAFETY: the buffers outlive the engine.
+            unsafe { e.push(&b, read((i * 16384) as u64, iov), i as u64) }.unwrap();
+        }
+        e.submit().unwrap();
+        drop(e);
+        assert!(bufs.iter().all(|t| t.slice().iter().all(|&x| x == 1)));
+    }
+
+    #[test]
+    fn drop_on_foreign_thread_does_not_hang() {
+        let f = image(1 << 20);
+        let b = Arc::new(Backing::open(f.path(), false).unwrap());
+        let mut bufs: Vec<TestBuf> = (0..32).map(|_| TestBuf::new(4096, 1)).collect();
+        let iovs: Vec<Vec<IoVec>> = bufs.iter_mut().map(|t| t.iovecs(&[])).collect();
+        let e = std::thread::spawn(move || {
+            let mut e = engine();
+            for (i, iov) in iovs.into_iter().enumerate() {
+                // SAFETY: the buffers outlive the engine (dropped below).
+                unsafe { e.push(&b, read((i * 4096) as u64, iov), i as u64) }.unwrap();
+            }
+            e.submit().unwrap();
+            e
+        })
+        .join()
+        .unwrap();
+        let t = Instant::now();
+        drop(e);
+        assert!(t.elapsed() < Duration::from_secs(5));
+        drop(bufs);
+    }
+}

@@ -361,4 +361,21 @@ mod tests {
         let fl = unsafe { libc::fcntl(b.as_raw_fd(), libc::F_GETFL) };
         assert_eq!(fl & libc::O_ACCMODE, libc::O_RDONLY);
     }
+
+    /// Run with `VUS_TEST_BLOCKDEV=/dev/xyz cargo test -- --ignored` (opens
+    /// the device read-only).
+    #[test]
+    #[ignore]
+    fn block_device_properties() {
+        let Ok(dev) = std::env::var("VUS_TEST_BLOCKDEV") else {
+            return;
+        };
+        let b = Backing::open(Path::new(&dev), true).unwrap();
+        eprintln!("{b:?}");
+        assert_eq!(b.kind(), BackingKind::BlockDevice);
+        assert!(b.is_direct());
+        assert!(b.size().0 > 0);
+        assert!(b.logical_block_size() >= 512);
+        assert!(b.dio_offset_align() >= 1);
+    }
 }

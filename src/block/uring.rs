@@ -1132,4 +1132,36 @@ mod tests {
         assert!(t.elapsed() < Duration::from_secs(5));
         drop(bufs);
     }
+
+    /// DESTROYS the first 64 KiB of the device: run with
+    /// `VUS_TEST_BLOCKDEV_RW=/dev/loopN cargo test -- --ignored`.
+    #[test]
+    #[ignore]
+    fn block_device_write_read() {
+        let Ok(dev) = std::env::var("VUS_TEST_BLOCKDEV_RW") else {
+            return;
+        };
+        let b = Arc::new(Backing::open(std::path::Path::new(&dev), false).unwrap());
+        assert!(b.is_direct());
+        let mut e = engine();
+        let data = pattern(8192, 11);
+        let mut wbuf = TestBuf::new(8192, 0);
+        wbuf.slice_mut().copy_from_slice(&data);
+        let iov = wbuf.iovecs(&[4096]);
+        assert_eq!(run(&mut e, &b, write(4096, iov, true)), Ok(8192));
+        assert_eq!(run(&mut e, &b, EngineOp::Flush), Ok(0));
+        let mut rbuf = TestBuf::new(8192, 1);
+        let iov = rbuf.iovecs(&[3]);
+        assert_eq!(run(&mut e, &b, read(4096, iov)), Ok(8192));
+        assert_eq!(rbuf.slice(), &data[..]);
+        // Misaligned offset goes through the buffered twin.
+        let mut rbuf = TestBuf::new(5, 0);
+        let iov = rbuf.iovecs(&[]);
+        assert_eq!(run(&mut e, &b, read(4097, iov)), Ok(5));
+        assert_eq!(rbuf.slice(), &data[1..6]);
+        // Reading at the end of the device.
+        let mut rbuf = TestBuf::new(4096, 0);
+        let iov = rbuf.iovecs(&[]);
+        assert_eq!(run(&mut e, &b, read(b.size().0, iov)), Err(libc::EIO));
+    }
 }

@@ -24,7 +24,10 @@
 //! 5. **On queue stop / task management**: [`Engine::drain`] blocks until
 //!    [`Engine::in_flight`] is zero. Dropping an `Engine` drains too (bounded
 //!    wait); buffers of ops still in the kernel after that are leaked rather
-//!    than freed under the kernel's feet.
+//!    than freed under the kernel's feet. Drain on the worker thread before
+//!    the `Engine` is dropped elsewhere: a `SINGLE_ISSUER` ring cannot be
+//!    entered from another thread, so a foreign-thread drop cannot wait and
+//!    the caller's memory of any op still in flight must outlive the ring.
 //!
 //! # Data path
 //!

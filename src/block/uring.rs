@@ -370,16 +370,33 @@ impl Engine {
     /// Build a ring of at least `entries` (rounded up to a power of two, at
     /// least 64, at most 4096) SQ entries; the CQ is twice that.
     pub fn new(entries: u32) -> Result<Engine, BlockError> {
+        Self::build(entries, true)
+    }
+
+    /// Like [`Engine::new`], but a plain ring (no `SINGLE_ISSUER` /
+    /// `DEFER_TASKRUN`) that any thread may submit to and drain, one at a
+    /// time (the caller serialises access, e.g. with a mutex). The vhost
+    /// layer uses this so that task management and queue stops can drain a
+    /// worker's ring from another thread.
+    pub fn new_shared(entries: u32) -> Result<Engine, BlockError> {
+        Self::build(entries, false)
+    }
+
+    fn build(entries: u32, single_issuer: bool) -> Result<Engine, BlockError> {
         let entries = entries.clamp(MIN_ENTRIES, MAX_ENTRIES).next_power_of_two();
-        let (ring, needs_enable) = match IoUring::builder()
-            .setup_single_issuer()
-            .setup_defer_taskrun()
-            .setup_taskrun_flag()
-            .setup_r_disabled()
-            .build(entries)
-        {
-            Ok(r) => (r, true),
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+        let built = if single_issuer {
+            IoUring::builder()
+                .setup_single_issuer()
+                .setup_defer_taskrun()
+                .setup_taskrun_flag()
+                .setup_r_disabled()
+                .build(entries)
+        } else {
+            IoUring::new(entries)
+        };
+        let (ring, needs_enable) = match built {
+            Ok(r) => (r, single_issuer),
+            Err(e) if single_issuer && e.raw_os_error() == Some(libc::EINVAL) => {
                 tracing::warn!(
                     "io_uring SINGLE_ISSUER/DEFER_TASKRUN unsupported ({e}); using a plain ring"
                 );

@@ -53,7 +53,7 @@ impl ScsiBackend {
     ) -> Result<Self, BlockError> {
         let mut workers = Vec::with_capacity(request_queues);
         for i in 0..request_queues {
-            let engine = Engine::new(u32::try_from(queue_size).unwrap_or(1024))?;
+            let engine = Engine::new_shared(u32::try_from(queue_size).unwrap_or(1024))?;
             workers.push(Mutex::new(RequestWorker::new(i, device.clone(), engine)));
         }
         Ok(ScsiBackend {

@@ -240,10 +240,6 @@ impl Backing {
     pub fn logical_block_size(&self) -> u32 {
         self.logical_block_size
     }
-    /// Opened read-only.
-    pub fn readonly(&self) -> bool {
-        false
-    }
     /// Opened with O_DIRECT.
     pub fn is_direct(&self) -> bool {
         self.direct

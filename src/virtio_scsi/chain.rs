@@ -250,7 +250,12 @@ impl Segments {
         res
     }
 
-    fn push_iovecs(&self, mem: &GuestMem, len: u64, out: &mut Vec<IoVec>) -> Result<(), ChainError> {
+    fn push_iovecs(
+        &self,
+        mem: &GuestMem,
+        len: u64,
+        out: &mut Vec<IoVec>,
+    ) -> Result<(), ChainError> {
         for (piece, _) in self.pieces(len) {
             let err = ChainError::OutsideMemory {
                 addr: piece.addr.raw_value(),

@@ -583,15 +583,11 @@ fn longest_direct_chain_is_accepted() {
 
 // ---------------------------------------------------------------- parse_ctrl
 
-fn ctrl(
-    mem: &GuestMem,
-    req: &[u8],
-    rlens: &[usize],
-    wlen: usize,
-) -> (
-    Result<(CtrlRequest, Segments), BadRequest>,
-    Vec<(u64, u32, u16)>,
-) {
+/// A descriptor as (addr, len, flags).
+type Desc = (u64, u32, u16);
+type CtrlResult = Result<(CtrlRequest, Segments), BadRequest>;
+
+fn ctrl(mem: &GuestMem, req: &[u8], rlens: &[usize], wlen: usize) -> (CtrlResult, Vec<Desc>) {
     let mut at = DATA;
     let mut descs = scatter(mem, req, rlens, 0, &mut at);
     let w = if wlen > 0 {

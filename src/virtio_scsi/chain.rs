@@ -238,6 +238,10 @@ impl Segments {
     /// the last reference drops, so the in-flight request must keep its
     /// `GuestMemoryLoadGuard` until the I/O using these iovecs completes.
     /// `GuestMem` has no dirty bitmap, so nothing needs marking here.
+    ///
+    /// One iovec per segment piece: a guest may send up to 65535 descriptors
+    /// in an indirect table (virtio-queue's bound), more than `IOV_MAX`
+    /// (1024) for `readv`; callers check `out.len()` before submitting.
     pub fn iovecs(&self, mem: &GuestMem, len: u64, out: &mut Vec<IoVec>) -> Result<(), ChainError> {
         if len > self.total {
             return Err(ChainError::Malformed("iovec length exceeds the buffers"));

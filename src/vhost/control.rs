@@ -102,8 +102,8 @@ impl ControlQueue {
             LunAddress::Lun { target: 0, lun } => lun,
             _ => return S_BAD_TARGET,
         };
-        let subtype = u32::from_le(tmf.subtype);
-        let tag = u64::from_le(tmf.tag);
+        let subtype = tmf.subtype;
+        let tag = tmf.tag;
         if subtype != T_TMF_I_T_NEXUS_RESET && self.device.backing(lun).is_none() {
             return S_INCORRECT_LUN;
         }

@@ -17,6 +17,8 @@ use crate::virtio_scsi::{
     T_TMF_I_T_NEXUS_RESET, T_TMF_LOGICAL_UNIT_RESET, T_TMF_QUERY_TASK, T_TMF_QUERY_TASK_SET,
 };
 
+const AN_RESP_LEN: u64 = std::mem::size_of::<CtrlAnResp>() as u64;
+
 /// The control queue's state.
 pub(crate) struct ControlQueue {
     device: Arc<Device>,
@@ -57,7 +59,16 @@ impl ControlQueue {
                     Ok(split) => match parse_ctrl(&mem, split) {
                         Err(bad) => {
                             warn_limited!(self.log, error = %bad.error, "bad control request");
+                            // The response's size tells its layout: 5 bytes
+                            // for an AN request, else one response byte.
                             match bad.resp {
+                                Some(resp) if resp.len() == AN_RESP_LEN => {
+                                    let an = CtrlAnResp {
+                                        event_actual: 0,
+                                        response: S_FAILURE,
+                                    };
+                                    write(&mem, &resp, an.as_slice())
+                                }
                                 Some(resp) => write(&mem, &resp, &[S_FAILURE]),
                                 None => 0,
                             }

@@ -109,5 +109,45 @@ pub enum Outcome {
     Flush,
 }
 
+impl Outcome {
+    /// GOOD, no data.
+    pub fn good() -> Outcome {
+        Outcome::data_in(Vec::new())
+    }
+
+    /// GOOD with data-in (already cut to the allocation length).
+    pub fn data_in(data: Vec<u8>) -> Outcome {
+        Outcome::Complete {
+            status: Status::Good,
+            sense: None,
+            data,
+        }
+    }
+
+    /// CHECK CONDITION with `sense` (autosense, SAM-5 5.13), no data.
+    pub fn check_condition(sense: Sense) -> Outcome {
+        Outcome::Complete {
+            status: Status::CheckCondition,
+            sense: Some(sense),
+            data: Vec::new(),
+        }
+    }
+}
+
+mod basic;
+mod capacity;
+mod cdb;
+mod inquiry;
+mod lun;
+mod mode;
+mod opcodes;
+mod rw;
+mod sense;
 mod target;
-pub use target::{io_error_sense, LunConfig, ScsiError, Target};
+#[cfg(test)]
+mod tests;
+
+pub use lun::{fnv1a64, naa_designator, NAA_COMPANY_ID, PRODUCT, VENDOR};
+pub use opcodes::{Command, COMMANDS};
+pub use sense::io_error_sense;
+pub use target::{LunConfig, ScsiError, Target, MAX_LUN, MAX_SERIAL_LEN};

@@ -37,6 +37,7 @@ impl<'a> Ctx<'a> {
 pub type Handler = fn(&Ctx<'_>) -> Result<Outcome, Sense>;
 
 /// One supported command.
+#[derive(Debug)]
 pub struct Command {
     pub opcode: u8,
     /// SERVICE ACTION (CDB byte 1 bits 4-0) for opcodes that have one.

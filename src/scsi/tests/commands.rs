@@ -24,7 +24,14 @@ fn test_unit_ready_and_start_stop() {
     assert_eq!(exec(&t, 5, &[0; 32]), Outcome::good());
     assert_invalid_field(exec(&t, 0, &[0, 0, 0, 1, 0, 0]), 3, Some(0));
     // START STOP UNIT: START, LOEJ, power conditions, IMMED: all GOOD.
-    for (b1, b3, b4) in [(0, 0, 0x01), (1, 0, 0x00), (0, 0, 0x02), (0, 0, 0x03), (0, 0x0f, 0x50), (0, 0, 0x04)] {
+    for (b1, b3, b4) in [
+        (0, 0, 0x01),
+        (1, 0, 0x00),
+        (0, 0, 0x02),
+        (0, 0, 0x03),
+        (0, 0x0f, 0x50),
+        (0, 0, 0x04),
+    ] {
         assert_eq!(exec(&t, 0, &[0x1b, b1, 0, b3, b4, 0]), Outcome::good());
     }
     assert_invalid_field(exec(&t, 0, &[0x1b, 0x02, 0, 0, 1, 0]), 1, Some(1));
@@ -101,7 +108,10 @@ fn read_capacity10() {
         assert_eq!(d[..4], last.to_be_bytes());
     }
     // PMI=1 with an LBA: allowed. PMI=0 with an LBA: INVALID FIELD.
-    assert_eq!(good(exec(&t, 0, &cdb(10, &[0x25, 0, 0, 0, 0, 9, 0, 0, 1]))).len(), 8);
+    assert_eq!(
+        good(exec(&t, 0, &cdb(10, &[0x25, 0, 0, 0, 0, 9, 0, 0, 1]))).len(),
+        8
+    );
     assert_invalid_field(exec(&t, 0, &cdb(10, &[0x25, 0, 0, 0, 0, 9])), 2, None);
     assert_invalid_field(exec(&t, 0, &cdb(10, &[0x25, 0x01])), 1, Some(0));
 }
@@ -120,7 +130,10 @@ fn read_capacity16() {
     let d = good(exec(&t, 5, &rc16(0, 4096, false)));
     assert_eq!(&d[..12], &[0, 0, 0, 0, 0, 0, 0x03, 0xe7, 0, 0, 0x10, 0]);
     // Truncation.
-    assert_eq!(good(exec(&t, 300, &rc16(0, 12, false))), good(exec(&t, 300, &rc16(0, 32, false)))[..12].to_vec());
+    assert_eq!(
+        good(exec(&t, 300, &rc16(0, 12, false))),
+        good(exec(&t, 300, &rc16(0, 32, false)))[..12].to_vec()
+    );
     assert!(good(exec(&t, 0, &rc16(0, 0, false))).is_empty());
     // LBA rules.
     assert_eq!(good(exec(&t, 0, &rc16(5, 32, true))).len(), 32);

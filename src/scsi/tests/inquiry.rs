@@ -116,7 +116,10 @@ fn vpd_block_limits() {
     assert_eq!(&d[6..8], &[0, 1]); // OPTIMAL TRANSFER LENGTH GRANULARITY
     assert_eq!(&d[8..12], &2048u32.to_be_bytes());
     assert_eq!(&d[12..16], &256u32.to_be_bytes());
-    assert!(d[16..].iter().all(|&b| b == 0), "no unmap/write same limits");
+    assert!(
+        d[16..].iter().all(|&b| b == 0),
+        "no unmap/write same limits"
+    );
 }
 
 #[test]

@@ -111,7 +111,10 @@ fn new_rejects_bad_configs() {
     assert!(Target::new(vec![cfg(16383)]).is_ok());
     let mut c = cfg(0);
     c.num_blocks = BlockCount(0);
-    assert!(matches!(Target::new(vec![c]), Err(ScsiError::InvalidConfig { .. })));
+    assert!(matches!(
+        Target::new(vec![c]),
+        Err(ScsiError::InvalidConfig { .. })
+    ));
     let mut c = cfg(0);
     c.serial = "x".repeat(253);
     assert!(Target::new(vec![c]).is_err());

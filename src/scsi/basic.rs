@@ -5,7 +5,7 @@ use super::cdb::truncate;
 use super::opcodes::Ctx;
 use super::{Outcome, Sense};
 
-/// TEST UNIT READY (SPC-5 6.47): always ready (no unit attentions yet).
+/// TEST UNIT READY (SPC-5, TEST UNIT READY): always ready (no unit attentions yet).
 pub fn test_unit_ready(ctx: &Ctx<'_>) -> Result<Outcome, Sense> {
     ctx.lu()?;
     Ok(Outcome::good())
@@ -14,7 +14,7 @@ pub fn test_unit_ready(ctx: &Ctx<'_>) -> Result<Outcome, Sense> {
 /// REQUEST SENSE (SPC-5 6.39). Sense data is returned with the status
 /// (autosense), so nothing is ever pending: NO SENSE. For a LUN that does
 /// not exist: GOOD with ILLEGAL REQUEST / LOGICAL UNIT NOT SUPPORTED in the
-/// data (SPC-5 6.39.2). DESC=1 selects descriptor format (SPC-5 4.4.2),
+/// data (SPC-5 6.39). DESC=1 selects descriptor format (SPC-5 4.4.2),
 /// which we support; DESC=0 fixed format (18 bytes).
 pub fn request_sense(ctx: &Ctx<'_>) -> Result<Outcome, Sense> {
     let desc = ctx.cdb.bit(1, 0)?;
@@ -39,7 +39,7 @@ pub fn start_stop_unit(ctx: &Ctx<'_>) -> Result<Outcome, Sense> {
     Ok(Outcome::good())
 }
 
-/// The 8-byte LUN of SAM-5 4.7: peripheral device addressing (00b) for
+/// The 8-byte LUN of SAM-5 4.7 (LUN addressing): peripheral device addressing (00b) for
 /// LUN < 256, flat space addressing (01b) for 256..=16383.
 pub fn encode_lun(lun: u16) -> [u8; 8] {
     let [hi, lo] = lun.to_be_bytes();

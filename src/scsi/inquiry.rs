@@ -6,16 +6,16 @@ use super::opcodes::Ctx;
 use super::{Outcome, Sense};
 
 /// PERIPHERAL QUALIFIER 000b, PERIPHERAL DEVICE TYPE 00h: a connected
-/// direct access block device (SPC-5 6.6.2, table 150).
+/// direct access block device (SPC-5 6.6.2).
 const PERIPHERAL_DISK: u8 = 0x00;
 /// PERIPHERAL QUALIFIER 011b, type 1Fh: the device server cannot support a
-/// device at this LUN (SPC-5 6.6.2, table 149).
+/// device at this LUN (SPC-5 6.6.2).
 pub const PERIPHERAL_NONE: u8 = 0x7f;
 
-/// VERSION 07h: the device server claims SPC-5 (SPC-5 6.6.2, table 151).
+/// VERSION 07h: the device server claims SPC-5 (SPC-5 6.6.2).
 const VERSION_SPC5: u8 = 0x07;
 
-/// VERSION DESCRIPTORs (SPC-5 6.6.2, table 153), no version claimed:
+/// VERSION DESCRIPTORs (SPC-5 6.6.2; values from the T10 version descriptor list), no version claimed:
 /// SAM-5, SPC-5, SBC-4.
 const VERSION_DESCRIPTORS: [u16; 3] = [0x00a0, 0x05c0, 0x0600];
 
@@ -99,7 +99,7 @@ fn revision() -> [u8; 4] {
 }
 
 /// A VPD page: PERIPHERAL byte, PAGE CODE, 2-byte PAGE LENGTH, payload
-/// (SPC-5 7.7.1, table 520).
+/// (SPC-5 7.7, VPD page format).
 fn vpd(peripheral: u8, page: u8, payload: Vec<u8>) -> Vec<u8> {
     let len = u16::try_from(payload.len()).unwrap_or(u16::MAX);
     let mut d = Vec::with_capacity(4 + payload.len());
@@ -109,12 +109,12 @@ fn vpd(peripheral: u8, page: u8, payload: Vec<u8>) -> Vec<u8> {
     d
 }
 
-/// Supported VPD Pages (SPC-5 7.7.16).
+/// Supported VPD Pages page (SPC-5 7.7).
 fn supported_pages(_: &LogicalUnit) -> Vec<u8> {
     VPD_PAGES.iter().map(|(code, _)| *code).collect()
 }
 
-/// Unit Serial Number (SPC-5 7.7.18): LunConfig.serial (Target::new checks
+/// Unit Serial Number page (SPC-5 7.7): LunConfig.serial (Target::new checks
 /// it is at most 252 printable ASCII bytes).
 fn unit_serial_number(lu: &LogicalUnit) -> Vec<u8> {
     lu.cfg.serial.as_bytes().to_vec()
@@ -125,11 +125,11 @@ fn unit_serial_number(lu: &LogicalUnit) -> Vec<u8> {
 /// ASCII: vendor + serial), both associated with the logical unit.
 fn device_identification(lu: &LogicalUnit) -> Vec<u8> {
     let mut d = Vec::new();
-    // Designation descriptor (7.7.6.1, table 501): PROTOCOL IDENTIFIER 0 /
+    // Designation descriptor (SPC-5 7.7.6): PROTOCOL IDENTIFIER 0 /
     // CODE SET 1 (binary); PIV 0, ASSOCIATION 00b, DESIGNATOR TYPE 3.
     d.extend_from_slice(&[0x01, 0x03, 0x00, lu.naa.len() as u8]);
     d.extend_from_slice(&lu.naa);
-    // T10 vendor ID based (7.7.6.6.4): CODE SET 2 (ASCII), TYPE 1.
+    // T10 vendor ID based designator (SPC-5 7.7.6): CODE SET 2 (ASCII), TYPE 1.
     let mut t10 = VENDOR.to_vec();
     t10.extend(
         lu.cfg
@@ -142,7 +142,7 @@ fn device_identification(lu: &LogicalUnit) -> Vec<u8> {
     d
 }
 
-/// Block Limits (SBC-4 6.6.4), page length 3Ch. No UNMAP, WRITE SAME or
+/// Block Limits VPD page (SBC-4 6.6), page length 3Ch. No UNMAP, WRITE SAME or
 /// COMPARE AND WRITE limits: those commands are not implemented.
 fn block_limits(lu: &LogicalUnit) -> Vec<u8> {
     let mut d = vec![0u8; 0x3c];
@@ -157,7 +157,7 @@ fn block_limits(lu: &LogicalUnit) -> Vec<u8> {
     d
 }
 
-/// Block Device Characteristics (SBC-4 6.6.2), page length 3Ch: MEDIUM
+/// Block Device Characteristics VPD page (SBC-4 6.6), page length 3Ch: MEDIUM
 /// ROTATION RATE 0001h (non-rotating) or 0000h (not reported); NOMINAL FORM
 /// FACTOR 0 (not reported).
 fn block_device_characteristics(lu: &LogicalUnit) -> Vec<u8> {
@@ -167,7 +167,7 @@ fn block_device_characteristics(lu: &LogicalUnit) -> Vec<u8> {
     d
 }
 
-/// Logical Block Provisioning (SBC-4 6.6.5), page length 4: THRESHOLD
+/// Logical Block Provisioning VPD page (SBC-4 6.6), page length 4: THRESHOLD
 /// EXPONENT 0, LBPU/LBPWS/LBPWS10/LBPRZ/ANC_SUP/DP 0, PROVISIONING TYPE 0
 /// (fully provisioned or not reported).
 fn logical_block_provisioning(_: &LogicalUnit) -> Vec<u8> {

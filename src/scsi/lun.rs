@@ -53,7 +53,7 @@ impl LogicalUnit {
     }
 
     /// Checks that `blocks` starting at `lba` lie within the capacity
-    /// (SBC-4 4.5: LOGICAL BLOCK ADDRESS OUT OF RANGE otherwise), without
+    /// (SBC-4: LOGICAL BLOCK ADDRESS OUT OF RANGE otherwise), without
     /// overflow.
     pub fn check_range(&self, lba: Lba, blocks: BlockCount) -> Result<(), Sense> {
         match lba.checked_add(blocks) {
@@ -85,7 +85,7 @@ pub fn fnv1a64(data: &[u8]) -> u64 {
         .fold(OFFSET, |h, &b| (h ^ u64::from(b)).wrapping_mul(PRIME))
 }
 
-/// NAA 6 (IEEE Registered Extended) designator, SPC-5 7.7.6.6.5: NAA (4
+/// NAA 6 (IEEE Registered Extended) designator, SPC-5 7.7.6 (NAA designator format): NAA (4
 /// bits), IEEE COMPANY ID (24 bits), VENDOR SPECIFIC IDENTIFIER (36 bits),
 /// VENDOR SPECIFIC IDENTIFIER EXTENSION (64 bits). The 100 vendor bits are
 /// FNV-1a 64 of the identity (extension) and of "naa:" + identity (VSI).

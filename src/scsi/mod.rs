@@ -124,7 +124,7 @@ impl Outcome {
         }
     }
 
-    /// CHECK CONDITION with `sense` (autosense, SAM-5 5.13), no data.
+    /// CHECK CONDITION with `sense` (autosense), no data.
     pub fn check_condition(sense: Sense) -> Outcome {
         Outcome::Complete {
             status: Status::CheckCondition,

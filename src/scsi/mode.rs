@@ -8,7 +8,7 @@ use super::lun::LogicalUnit;
 use super::opcodes::Ctx;
 use super::{Outcome, Sense};
 
-/// PAGE CONTROL field (SPC-5 6.13, table 172).
+/// PAGE CONTROL field (SPC-5 6.13).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum PageControl {
     Current,
@@ -16,7 +16,7 @@ enum PageControl {
     Default,
 }
 
-/// Return all mode pages (SPC-5 7.5.2).
+/// Return all mode pages (SPC-5 7.5).
 const ALL_PAGES: u8 = 0x3f;
 /// SUBPAGE CODE FFh: all subpages of the page.
 const ALL_SUBPAGES: u8 = 0xff;
@@ -99,14 +99,13 @@ fn mode_sense(ctx: &Ctx<'_>, form: Form, llbaa: bool) -> Result<Vec<u8>, Sense> 
     ))
 }
 
-/// DEVICE-SPECIFIC PARAMETER for direct access devices (SBC-4 6.4.1,
-/// table 201): WP when read-only, DPOFUA since we honour FUA (and ignore DPO).
+/// DEVICE-SPECIFIC PARAMETER for direct access devices (SBC-4 6.4): WP when read-only, DPOFUA since we honour FUA (and ignore DPO).
 fn device_specific(lu: &LogicalUnit) -> u8 {
     let wp = if lu.cfg.readonly { 0x80 } else { 0 };
     wp | 0x10
 }
 
-/// The mode parameter header (SPC-5 7.5.5, tables 452/453) + block
+/// The mode parameter header (SPC-5 7.5) + block
 /// descriptors + pages. MODE DATA LENGTH excludes itself.
 fn assemble(form: Form, dsp: u8, long_lba: bool, desc: &[u8], pages: &[u8]) -> Vec<u8> {
     let mut d = Vec::new();
@@ -134,7 +133,7 @@ fn assemble(form: Form, dsp: u8, long_lba: bool, desc: &[u8], pages: &[u8]) -> V
     d
 }
 
-/// Short LBA mode parameter block descriptor (SBC-4 6.4.2): NUMBER OF
+/// Short LBA mode parameter block descriptor (SBC-4 6.4): NUMBER OF
 /// LOGICAL BLOCKS (FFFFFFFFh when it does not fit), LOGICAL BLOCK LENGTH.
 /// Block descriptors always carry current values, whatever PC says.
 fn short_block_descriptor(lu: &LogicalUnit) -> [u8; 8] {
@@ -146,7 +145,7 @@ fn short_block_descriptor(lu: &LogicalUnit) -> [u8; 8] {
     d
 }
 
-/// Long LBA mode parameter block descriptor (SBC-4 6.4.3).
+/// Long LBA mode parameter block descriptor (SBC-4 6.4).
 fn long_block_descriptor(lu: &LogicalUnit) -> [u8; 16] {
     let mut d = [0u8; 16];
     d[0..8].copy_from_slice(&lu.capacity().0.to_be_bytes());
@@ -154,7 +153,7 @@ fn long_block_descriptor(lu: &LogicalUnit) -> [u8; 16] {
     d
 }
 
-/// Caching mode page (SBC-4 6.5.5), page length 12h: WCE (byte 2 bit 2)
+/// Caching mode page (SBC-4 6.5), page length 12h: WCE (byte 2 bit 2)
 /// from the LU's write-cache state (default 1), RCD 0. Nothing changeable.
 fn caching_page(lu: &LogicalUnit, pc: PageControl) -> Vec<u8> {
     let mut p = vec![0u8; 20];
@@ -171,7 +170,7 @@ fn caching_page(lu: &LogicalUnit, pc: PageControl) -> Vec<u8> {
     p
 }
 
-/// Control mode page (SPC-5 7.5.10), page length 0Ah: TST 000b, D_SENSE 0
+/// Control mode page (SPC-5 7.5), page length 0Ah: TST 000b, D_SENSE 0
 /// (fixed format sense), QUEUE ALGORITHM MODIFIER 1 (unrestricted
 /// reordering: commands from several virtqueues run concurrently), QERR 00b,
 /// SWP 0, TAS 0, BUSY TIMEOUT PERIOD 0. Nothing changeable.

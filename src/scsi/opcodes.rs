@@ -3,10 +3,10 @@
 //! dispatched.
 //!
 //! Each entry carries the CDB USAGE DATA of REPORT SUPPORTED OPERATION CODES
-//! (SPC-5 6.35.3): byte 0 is the opcode, and in every other byte a set bit
+//! (SPC-5, REPORT SUPPORTED OPERATION CODES): byte 0 is the opcode, and in every other byte a set bit
 //! means "this bit is a field the device server looks at". Its length is the
 //! CDB length. The same mask drives the reserved-bit check: a bit set in the
-//! CDB outside the mask is a reserved bit (SPC-5 3.6, keyword "reserved") and
+//! CDB outside the mask is a reserved bit (SPC-5 clause 3, keyword "reserved") and
 //! the command is terminated with INVALID FIELD IN CDB pointing at it.
 
 use super::cdb::{field_byte, Cdb};
@@ -46,7 +46,7 @@ pub struct Command {
     /// CDB USAGE DATA; `usage.len()` is the CDB length.
     pub usage: &'static [u8],
     /// Also served for a LUN that does not exist (INQUIRY, REPORT LUNS,
-    /// REQUEST SENSE; SPC-5 4.6.x / SAM-5 5.8.3 incorrect logical unit).
+    /// REQUEST SENSE; SPC-5, incorrect logical unit handling).
     pub any_lun: bool,
     pub handler: Handler,
 }
@@ -125,7 +125,7 @@ pub static COMMANDS: &[Command] = &[
 
 /// Finds the table entry for a CDB:
 /// - no opcode byte, or an opcode not in the table: INVALID COMMAND
-///   OPERATION CODE (SPC-5 4.4.8);
+///   OPERATION CODE;
 /// - a CDB shorter than the opcode's CDB length: INVALID FIELD IN CDB with
 ///   the field pointer at the first missing byte;
 /// - a service action not in the table: INVALID FIELD IN CDB, byte 1 bit 4
@@ -183,7 +183,7 @@ mod tests {
         }
         for c in COMMANDS {
             assert_eq!(c.usage[0], c.opcode, "{}", c.name);
-            // CDB length follows the group code (SPC-5 4.2.5.1).
+            // CDB length follows the group code (SPC-5 4.2.5).
             let expect = match c.opcode >> 5 {
                 0 => 6,
                 1 | 2 => 10,

@@ -59,10 +59,10 @@ fn field(cdb: &Cdb<'_>, off: usize, width: usize) -> Result<u64, Sense> {
 
 /// Decodes and checks a READ or WRITE, in this order:
 /// 1. RDPROTECT/WRPROTECT (byte 1 bits 7-5) nonzero: INVALID FIELD IN CDB,
-///    byte 1 bit 7 -- we have no protection information (SBC-4 4.22);
+///    byte 1 bit 7 -- we have no protection information (SBC-4, protection information model);
 /// 2. TRANSFER LENGTH above the MAXIMUM TRANSFER LENGTH of VPD B0h:
 ///    INVALID FIELD IN CDB at the TRANSFER LENGTH field (SBC-4 6.6.4);
-/// 3. WRITE to a read-only unit: DATA PROTECT, WRITE PROTECTED (SBC-4 4.11);
+/// 3. WRITE to a read-only unit: DATA PROTECT, WRITE PROTECTED (SBC-4, write protection);
 /// 4. LBA + TRANSFER LENGTH beyond the capacity (overflow-safe): ILLEGAL
 ///    REQUEST, LOGICAL BLOCK ADDRESS OUT OF RANGE;
 /// 5. TRANSFER LENGTH 0 (10/12/16-byte forms): GOOD, no data transferred.

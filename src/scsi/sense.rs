@@ -2,7 +2,7 @@
 //! reports, fixed-format encoding (SPC-5 4.4.3) and the mapping of block I/O
 //! errors to sense (`io_error_sense`).
 //!
-//! ASC/ASCQ values are from SPC-5 Annex D (table D.1).
+//! ASC/ASCQ values are from the SPC-5 ASC/ASCQ assignments (Annex D).
 
 use super::{FieldPointer, IoDir, Sense, SenseKey};
 
@@ -131,7 +131,7 @@ impl Sense {
         b[12] = self.asc;
         b[13] = self.ascq;
         // Bytes 15-17: SKSV + sense-key-specific field pointer
-        // (SPC-5 4.4.2.4.2, table 55).
+        // (SPC-5 4.4.2.4.2).
         if let Some(fp) = self.field_pointer {
             let mut b15 = 0x80; // SKSV
             if fp.in_cdb {
@@ -147,8 +147,7 @@ impl Sense {
     }
 
     /// Descriptor-format sense data (SPC-5 4.4.2): the 8-byte header, plus
-    /// an information descriptor (4.4.2.2) and a sense key specific
-    /// descriptor (4.4.2.3) when those fields are present.
+    /// an information descriptor and a sense key specific descriptor when those fields are present.
     pub fn to_descriptor(&self) -> Vec<u8> {
         let mut b = vec![
             DESCRIPTOR_CURRENT,
@@ -182,7 +181,7 @@ impl Sense {
 /// Sense for a failed block I/O (errno positive or negative, as io_uring
 /// reports it):
 /// - ENOSPC: DATA PROTECT 27h/07h SPACE ALLOCATION FAILED WRITE PROTECT
-///   (what thin-provisioned SBC-4 devices report, 4.7.3.6);
+///   (what thin-provisioned SBC-4 devices report);
 /// - EROFS/EPERM/EACCES on a write: DATA PROTECT 27h/00h WRITE PROTECTED;
 /// - EINVAL/EFAULT/EBADF: the request we built was wrong -- our bug, not the
 ///   medium's: HARDWARE ERROR 44h/00h INTERNAL TARGET FAILURE;

@@ -9,7 +9,7 @@ use super::opcodes::{self, Ctx};
 use super::{Outcome, Sense};
 use crate::units::{BlockCount, BlockSize};
 
-/// Largest LUN we address: 14-bit flat space addressing (SAM-5 4.7.7).
+/// Largest LUN we address: 14-bit flat space addressing (SAM-5 4.7).
 pub const MAX_LUN: u16 = 16383;
 /// Longest unit serial number (VPD 80h; the T10 vendor ID designator of
 /// VPD 83h keeps the first 247 bytes).
@@ -103,8 +103,8 @@ impl Target {
         }
     }
 
-    /// SAM-5 5.1: look the command up, answer for a missing LUN (SPC-5
-    /// 4.6.x: only INQUIRY, REPORT LUNS and REQUEST SENSE are served there;
+    /// SAM-5 5.1: look the command up, answer for a missing LUN (SPC-5,
+    /// incorrect logical unit: only INQUIRY, REPORT LUNS and REQUEST SENSE are served there;
     /// anything else is LOGICAL UNIT NOT SUPPORTED), check the CDB, run the
     /// handler.
     fn dispatch(&self, lun: u16, cdb: &[u8]) -> Result<Outcome, Sense> {

@@ -5,8 +5,7 @@ use std::str::FromStr;
 
 use crate::units::BlockSize;
 
-/// Highest LUN number (SAM flat space addressing: 14 bits).
-pub const MAX_LUN: u16 = 16383;
+pub use crate::scsi::MAX_LUN;
 /// Longest serial number accepted (VPD 80h has room for more; keep it sane).
 pub const MAX_SERIAL_LEN: usize = 64;
 

@@ -104,7 +104,7 @@ fn open_disk(spec: &DiskSpec, lun: u16) -> Result<(LunConfig, Backing), SetupErr
     let serial = spec
         .serial
         .clone()
-        .unwrap_or_else(|| format!("{:016x}", crate::scsi::stable_hash(identity.as_bytes())));
+        .unwrap_or_else(|| format!("{:016x}", crate::scsi::fnv1a64(identity.as_bytes())));
     let config = LunConfig {
         lun,
         block_size,

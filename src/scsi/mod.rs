@@ -109,13 +109,45 @@ pub enum Outcome {
     Flush,
 }
 
-mod target;
-pub use target::{io_error_sense, LunConfig, ScsiError, Target};
+impl Outcome {
+    /// GOOD, no data.
+    pub fn good() -> Outcome {
+        Outcome::data_in(Vec::new())
+    }
 
-/// A stable 64-bit FNV-1a hash (the same on every run and build), used to
-/// derive default serial numbers and NAA identifiers from a backing path.
-pub fn stable_hash(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    /// GOOD with data-in (already cut to the allocation length).
+    pub fn data_in(data: Vec<u8>) -> Outcome {
+        Outcome::Complete {
+            status: Status::Good,
+            sense: None,
+            data,
+        }
+    }
+
+    /// CHECK CONDITION with `sense` (autosense), no data.
+    pub fn check_condition(sense: Sense) -> Outcome {
+        Outcome::Complete {
+            status: Status::CheckCondition,
+            sense: Some(sense),
+            data: Vec::new(),
+        }
+    }
 }
+
+mod basic;
+mod capacity;
+mod cdb;
+mod inquiry;
+mod lun;
+mod mode;
+mod opcodes;
+mod rw;
+mod sense;
+mod target;
+#[cfg(test)]
+mod tests;
+
+pub use lun::{fnv1a64, naa_designator, NAA_COMPANY_ID, PRODUCT, VENDOR};
+pub use opcodes::{Command, COMMANDS};
+pub use sense::io_error_sense;
+pub use target::{LunConfig, ScsiError, Target, MAX_LUN, MAX_SERIAL_LEN};

@@ -149,7 +149,10 @@ pub fn serve(
         let result = daemon.wait();
         shutdown.set_current(None);
         match result {
-            Ok(()) => tracing::info!("frontend disconnected"),
+            Ok(())
+            | Err(vhost_user_backend::Error::HandleRequest(
+                vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
+            )) => tracing::info!("frontend disconnected"),
             Err(e) => tracing::warn!(error = %e, "connection ended with an error"),
         }
         // Finish what the guest had in flight, then let the worker threads

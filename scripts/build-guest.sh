@@ -56,19 +56,23 @@ mkdir -p "$KDL"
     cd "$KDL"
     # apt's sandbox user cannot write here; the warning about that is harmless.
     apt-get download -q linux-image-amd64 2>&1 | grep -v 'unsandboxed' || true
-    meta=$(ls linux-image-amd64_*.deb 2>/dev/null | head -n1)
-    [[ -n "$meta" ]] || die "apt-get download linux-image-amd64 failed (run apt-get update?)"
+    debs=(linux-image-amd64_*.deb)
+    meta=${debs[0]}
+    [[ -f "$meta" ]] || die "apt-get download linux-image-amd64 failed (run apt-get update?)"
     real=$(dpkg-deb -f "$meta" Depends | tr ',' '\n' | sed -n 's/^ *\(linux-image-[0-9][^ ]*\).*/\1/p' | head -n1)
     [[ -n "$real" ]] || die "cannot find the real image package in Depends of $meta"
     log "kernel package: $real"
     apt-get download -q "$real" 2>&1 | grep -v 'unsandboxed' || true
-    deb=$(ls "${real}"_*.deb 2>/dev/null | head -n1)
-    [[ -n "$deb" ]] || die "apt-get download $real failed"
+    debs=("${real}"_*.deb)
+    deb=${debs[0]}
+    [[ -f "$deb" ]] || die "apt-get download $real failed"
     dpkg -x "$deb" unpacked
 ) || exit 1
-KVER=$(ls "$KDL/unpacked/lib/modules" | head -n1)
-[[ -n "$KVER" ]] || die "no lib/modules/<version> in the kernel package"
-VMLINUZ=$(ls "$KDL/unpacked/boot/vmlinuz-"* | head -n1)
+kdirs=("$KDL"/unpacked/lib/modules/*)
+[[ -d "${kdirs[0]}" ]] || die "no lib/modules/<version> in the kernel package"
+KVER=$(basename "${kdirs[0]}")
+VMLINUZ="$KDL/unpacked/boot/vmlinuz-$KVER"
+[[ -f "$VMLINUZ" ]] || die "no boot/vmlinuz-$KVER in the kernel package"
 log "kernel version $KVER"
 depmod -b "$KDL/unpacked" "$KVER"
 KMOD="$KDL/unpacked/lib/modules/$KVER"
@@ -132,7 +136,7 @@ done <"$KMOD/modules.dep"
 while IFS= read -r path; do BUILTIN[$(norm "$path")]=1; done <"$KMOD/modules.builtin"
 ORDER=()
 add_module() {
-    local name dep deps
+    local name deps
     name=$(norm "$1")
     [[ -z "${ADDED[$name]:-}" ]] || return 0
     if [[ -n "${BUILTIN[$name]:-}" ]]; then log "module $name is built in"; ADDED[$name]=1; return 0; fi
@@ -188,7 +192,7 @@ while [ "$(count_disks)" -lt "$EXPECT_DISKS" ] && [ "$i" -lt $((WAIT_DISKS_SECON
     sleep 0.1
     i=$((i + 1))
 done
-echo "guest: $(count_disks) sd disk(s) after $((i / 10)).$((i % 10)) s (expected $EXPECT_DISKS):" $(cd /sys/block && ls -d sd* 2>/dev/null)
+echo "guest: $(count_disks) sd disk(s) after $((i / 10)).$((i % 10)) s (expected $EXPECT_DISKS): $(cd /sys/block && echo sd*)"
 
 if [ -f /test.sh ]; then
     cd /tmp || true

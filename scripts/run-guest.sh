@@ -82,9 +82,10 @@ fi
 work=$(mktemp -d "${TMPDIR:-/tmp}/run-guest.XXXXXX")
 qpid=""
 tpid=""
+# shellcheck disable=SC2317 # called from the EXIT trap
 cleanup() {
-    [[ -n "$qpid" ]] && kill "$qpid" 2>/dev/null || true
-    [[ -n "$tpid" ]] && kill "$tpid" 2>/dev/null || true
+    if [[ -n "$qpid" ]]; then kill "$qpid" 2>/dev/null || true; fi
+    if [[ -n "$tpid" ]]; then kill "$tpid" 2>/dev/null || true; fi
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -107,6 +108,7 @@ cp "$GUEST_DIR/initramfs.cpio.gz" "$work/initrd"
 (cd "$work/extra" && find . | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0) | gzip -1 >>"$work/initrd"
 
 # ------------------------------------------------------------ QEMU command
+# shellcheck disable=SC2054 # commas belong to QEMU option values
 args=(-accel tcg -smp "$smp" -m "$mem"
       -object "memory-backend-memfd,id=mem,size=$mem,share=on"
       -machine pc,memory-backend=mem

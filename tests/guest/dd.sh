@@ -4,6 +4,8 @@
 #   DD_WRITES="LUN:OFFSET:LEN ..." byte offsets/lengths, block aligned, LEN % 64 == 0
 #   DD_MODE=write|verify          write+read back (default) or only read back
 #                                 (data written by an earlier boot)
+#   DD_VERIFY="LUN:OFFSET:LEN ..." regions only read back, whatever DD_MODE
+#                                 (e.g. written by the host before the boot)
 # Prints "DD-PATTERN lun=L off=O len=N sha256=H" for each region so the host can
 # compare with its backing file. Also: O_DIRECT I/O smaller than the logical
 # block size must fail (EINVAL) on a 4096-byte-block disk.
@@ -12,8 +14,9 @@
 
 test_dd() {
     _seed=${DD_SEED:-1}
-    _mode=${DD_MODE:-write}
-    for _w in ${DD_WRITES:-}; do
+    for _w in ${DD_WRITES:-} ${DD_VERIFY:-}; do
+        _mode=${DD_MODE:-write}
+        case " ${DD_VERIFY:-} " in *" $_w "*) _mode=verify ;; esac
         _l=${_w%%:*}
         _rest=${_w#*:}
         _off=${_rest%%:*}
@@ -51,7 +54,7 @@ test_dd() {
             fi
         fi
     done
-    [ -n "${DD_WRITES:-}" ] || info "dd: DD_WRITES empty, nothing to do"
+    [ -n "${DD_WRITES:-}${DD_VERIFY:-}" ] || info "dd: DD_WRITES and DD_VERIFY empty, nothing to do"
 }
 
 [ -n "${GUEST_ALL:-}" ] || { run_tests dd; finish; }

@@ -30,7 +30,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 GUEST_DIR=${GUEST_DIR:-$ROOT/build/guest}
 QEMU=${QEMU:-qemu-system-x86_64}
 
-usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//' >&2; exit "${1:-2}"; }
 die() { echo "run-guest: ERROR: $*" >&2; exit "${2:-2}"; }
 log() { echo "run-guest: $*" >&2; }
 
@@ -61,7 +61,7 @@ while (( $# )); do
         --log) logfile=${2:?}; shift 2 ;;
         --append) append_extra=${2:?}; shift 2 ;;
         --qemu-arg) qemu_extra+=("${2:?}"); shift 2 ;;
-        -h|--help) usage ;;
+        -h|--help) usage 0 ;;
         *) echo "run-guest: unknown argument: $1" >&2; usage ;;
     esac
 done

@@ -1,0 +1,113 @@
+#!/bin/sh
+# Shared helpers for the in-guest test scripts (busybox ash). Installed as
+# /guest/lib.sh by scripts/run-guest.sh; expectations come from /test.env:
+#
+#   EXPECT_DISKS=N           number of sd disks
+#   LUNS="0 1 2"             LUNs to check (target 0)
+#   LUN<n>_SIZE=BYTES        capacity in bytes
+#   LUN<n>_BS=512|4096       logical block size (default 512)
+#   LUN<n>_RO=0|1            write protected (default 0)
+#   LUN<n>_SERIAL=TEXT       expected unit serial number (VPD 0x80), optional
+#   EXPECT_VENDOR / EXPECT_PRODUCT   INQUIRY strings, optional
+#   TESTS="disks dd fio ext4 sg"     what all.sh runs
+#   (test-specific variables are described in each test file)
+#
+# Output: one "PASS: name" or "FAIL: name: why" line per check; "INFO:" lines
+# are informational. finish() prints a summary and returns non-zero if any
+# check failed.
+
+# shellcheck disable=SC2034 # used by the test files
+# Non-busybox tools (busybox would otherwise run its own applet of that name).
+DD=/usr/bin/dd
+BLOCKDEV=/usr/sbin/blockdev
+MKFS_EXT4=/usr/sbin/mkfs.ext4
+E2FSCK=/usr/sbin/e2fsck
+FIO=/usr/bin/fio
+
+# shellcheck disable=SC1091
+[ -f /test.env ] && . /test.env
+: "${LUNS:=0}"
+
+PASSES=0
+FAILS=0
+
+pass() { PASSES=$((PASSES + 1)); echo "PASS: $1"; }
+fail() { FAILS=$((FAILS + 1)); echo "FAIL: $1: $2"; }
+info() { echo "INFO: $*"; }
+
+# check NAME CMD... : PASS when CMD succeeds, FAIL (with its output) otherwise.
+check() {
+    _name=$1
+    shift
+    if _out=$("$@" 2>&1); then
+        pass "$_name"
+    else
+        fail "$_name" "'$*' exited $?: $(echo "$_out" | tail -n 5 | tr '\n' ' ')"
+        return 1
+    fi
+}
+
+# expect_eq NAME ACTUAL EXPECTED
+expect_eq() {
+    if [ "$2" = "$3" ]; then pass "$1"; else fail "$1" "got '$2', expected '$3'"; fi
+}
+
+# lunvar N FIELD [DEFAULT]: value of LUN<N>_<FIELD>
+lunvar() {
+    eval "_v=\${LUN$1_$2:-}"
+    if [ -n "$_v" ]; then echo "$_v"; else echo "${3:-}"; fi
+}
+
+# disk_for_lun N: the sdX whose SCSI address is H:0:0:N (first host with it).
+disk_for_lun() {
+    for _d in /sys/block/sd*; do
+        [ -e "$_d/device" ] || continue
+        _hctl=$(basename "$(readlink "$_d/device")")
+        case "$_hctl" in
+            *:0:0:"$1") basename "$_d"; return 0 ;;
+        esac
+    done
+    return 1
+}
+
+# sg_for_disk sdX: the matching /dev/sgN.
+sg_for_disk() {
+    for _s in /sys/block/"$1"/device/scsi_generic/sg*; do
+        [ -e "$_s" ] && { echo "/dev/$(basename "$_s")"; return 0; }
+    done
+    return 1
+}
+
+# hctl_of sdX
+hctl_of() { basename "$(readlink "/sys/block/$1/device")"; }
+
+# pattern SEED LUN OFFSET LEN: the deterministic data written by the dd test.
+# 64-byte records, each "vhost-user-scsi seed=S lun=L pos=P" left-justified in
+# 63 characters plus "\n", P being the record's absolute byte offset. The
+# host side (tests/guest_e2e.rs) generates the same bytes.
+pattern() {
+    awk -v s="$1" -v l="$2" -v o="$3" -v n="$(($4 / 64))" 'BEGIN {
+        for (i = 0; i < n; i++)
+            printf "%-63s\n", sprintf("vhost-user-scsi seed=%.0f lun=%.0f pos=%.0f", s, l, o + 64 * i)
+    }'
+}
+
+# Print the summary line and return the status.
+finish() {
+    echo "SUMMARY: $PASSES passed, $FAILS failed"
+    [ "$FAILS" -eq 0 ]
+}
+
+# run_tests NAME...: run test_NAME for each, timing each one.
+run_tests() {
+    for _t in "$@"; do
+        echo "=== $_t"
+        _t0=$(cut -d' ' -f1 /proc/uptime)
+        if command -v "test_$_t" >/dev/null 2>&1; then
+            "test_$_t"
+        else
+            fail "$_t" "no such test"
+        fi
+        echo "=== $_t done in $(awk -v a="$_t0" -v b="$(cut -d' ' -f1 /proc/uptime)" 'BEGIN { printf "%.1f", b - a }') s"
+    done
+}

@@ -1,0 +1,491 @@
+//! Guest end-to-end tests: a real Linux guest (QEMU, TCG) uses our daemon's
+//! disks through the kernel's virtio-scsi driver and real clients (dd with
+//! O_DIRECT, fio, ext4, sg3_utils).
+//!
+//! Needs the harness: `scripts/install-deps.sh && scripts/build-guest.sh`.
+//! Without it the tests print "SKIPPED" and pass, except when `CI=true`, where
+//! they fail. The in-guest checks are the scripts in `tests/guest/`; see
+//! `tests/guest/lib.sh` for the expectations passed through `/test.env`.
+//!
+//! * `guest_e2e_daemon`: starts `vhost-user-scsi serve` with three disks
+//!   (64 MiB/512, 32 MiB/4096, 16 MiB read-only), boots a guest that runs
+//!   every check, verifies on the host that the backing files hold what the
+//!   guest wrote, boots a second guest against the same daemon that reads the
+//!   data back, then stops the daemon with SIGTERM (exit 0, socket removed).
+//! * `guest_e2e_builtin_reference` (`--ignored`): the same guest checks
+//!   against QEMU's own virtio-scsi + scsi-hd, to tell harness bugs from
+//!   daemon bugs.
+
+use std::fmt::Write as _;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+/// Guest boots must not overlap (2 cores, TCG).
+static SERIAL: Mutex<()> = Mutex::new(());
+
+const MIB: u64 = 1024 * 1024;
+const SEED: u64 = 20240601;
+const GUEST_TIMEOUT_SECS: u32 = 300;
+
+struct Disk {
+    lun: u32,
+    size: u64,
+    block_size: u32,
+    readonly: bool,
+    serial: &'static str,
+}
+
+const DISKS: [Disk; 3] = [
+    Disk {
+        lun: 0,
+        size: 64 * MIB,
+        block_size: 512,
+        readonly: false,
+        serial: "vus-lun0",
+    },
+    Disk {
+        lun: 1,
+        size: 32 * MIB,
+        block_size: 4096,
+        readonly: false,
+        serial: "vus-lun1",
+    },
+    Disk {
+        lun: 2,
+        size: 16 * MIB,
+        block_size: 512,
+        readonly: true,
+        serial: "vus-lun2",
+    },
+];
+
+/// (lun, byte offset, length) written by the guest with O_DIRECT dd: start,
+/// an odd block in the middle, the last block. LUN 0: fio uses 16..48 MiB.
+/// LUN 1: ext4 uses the first 16 MiB.
+const DD_WRITES: [(u32, u64, u64); 6] = [
+    (0, 0, 65536),
+    (0, 12345 * 512, 65536),
+    (0, 64 * MIB - 512, 512),
+    (1, 16 * MIB, 65536),
+    (1, 16 * MIB + 1513 * 4096, 8192),
+    (1, 32 * MIB - 4096, 4096),
+];
+
+/// (lun, byte offset, length) written by the host into the read-only image
+/// before the boot and read back by the guest.
+const DD_HOST_WRITTEN: [(u32, u64, u64); 2] = [(2, 4096, 65536), (2, 16 * MIB - 512, 512)];
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The bytes tests/guest/lib.sh `pattern` generates: 64-byte records
+/// "vhost-user-scsi seed=S lun=L pos=P", left-justified in 63 characters plus
+/// a newline, P being the record's absolute byte offset.
+fn pattern(seed: u64, lun: u32, offset: u64, len: u64) -> Vec<u8> {
+    assert_eq!(len % 64, 0, "pattern length must be a multiple of 64");
+    let mut out = String::with_capacity(len as usize);
+    for i in 0..len / 64 {
+        let rec = format!(
+            "vhost-user-scsi seed={seed} lun={lun} pos={}",
+            offset + 64 * i
+        );
+        writeln!(out, "{rec:<63}").unwrap();
+    }
+    assert_eq!(out.len() as u64, len);
+    out.into_bytes()
+}
+
+fn regions(list: &[(u32, u64, u64)]) -> String {
+    list.iter()
+        .map(|(l, o, n)| format!("{l}:{o}:{n}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// /test.env for the guest scripts.
+fn guest_env(tests: &str, dd_mode: &str) -> String {
+    let mut env = String::new();
+    writeln!(env, "EXPECT_DISKS={}", DISKS.len()).unwrap();
+    let luns: Vec<String> = DISKS.iter().map(|d| d.lun.to_string()).collect();
+    writeln!(env, "LUNS=\"{}\"", luns.join(" ")).unwrap();
+    for d in &DISKS {
+        writeln!(env, "LUN{}_SIZE={}", d.lun, d.size).unwrap();
+        writeln!(env, "LUN{}_BS={}", d.lun, d.block_size).unwrap();
+        writeln!(env, "LUN{}_RO={}", d.lun, u8::from(d.readonly)).unwrap();
+        writeln!(env, "LUN{}_SERIAL={}", d.lun, d.serial).unwrap();
+    }
+    writeln!(env, "TESTS=\"{tests}\"").unwrap();
+    writeln!(env, "DD_SEED={SEED}").unwrap();
+    writeln!(env, "DD_MODE={dd_mode}").unwrap();
+    writeln!(env, "DD_WRITES=\"{}\"", regions(&DD_WRITES)).unwrap();
+    writeln!(env, "DD_VERIFY=\"{}\"", regions(&DD_HOST_WRITTEN)).unwrap();
+    writeln!(env, "FIO_LUN=0\nFIO_OFFSET=16M\nFIO_SIZE=16M").unwrap();
+    writeln!(env, "EXT4_LUN=1\nEXT4_SIZE=16M").unwrap();
+    env
+}
+
+/// What is missing from the harness, if anything.
+fn harness_missing() -> Option<String> {
+    let root = repo_root();
+    let guest = root.join("build/guest");
+    for f in ["vmlinuz", "initramfs.cpio.gz"] {
+        if !guest.join(f).is_file() {
+            return Some(format!("{} missing", guest.join(f).display()));
+        }
+    }
+    match Command::new("qemu-system-x86_64").arg("--version").output() {
+        Ok(o) if o.status.success() => None,
+        Ok(o) => Some(format!("qemu-system-x86_64 --version failed: {}", o.status)),
+        Err(e) => Some(format!("qemu-system-x86_64 not runnable: {e}")),
+    }
+}
+
+/// True when the test should run; panics in CI when the harness is missing.
+fn harness_ready(test: &str) -> bool {
+    let Some(why) = harness_missing() else {
+        return true;
+    };
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!(
+            "{test}: guest harness missing ({why}) and CI=true: \
+             run scripts/install-deps.sh && scripts/build-guest.sh"
+        );
+    }
+    eprintln!("\n**********************************************************************");
+    eprintln!("SKIPPED {test}: guest harness missing ({why})");
+    eprintln!("SKIPPED: run scripts/install-deps.sh && scripts/build-guest.sh");
+    eprintln!("**********************************************************************\n");
+    false
+}
+
+/// Backing images in `dir`: sparse, the read-only one with host-written data.
+fn create_images(dir: &Path) -> Vec<PathBuf> {
+    let mut paths = Vec::new();
+    for d in &DISKS {
+        let path = dir.join(format!("lun{}.img", d.lun));
+        let f = File::create(&path).expect("create image");
+        f.set_len(d.size).expect("size image");
+        for &(lun, off, len) in &DD_HOST_WRITTEN {
+            if lun == d.lun {
+                let mut f = OpenOptions::new().write(true).open(&path).unwrap();
+                f.seek(SeekFrom::Start(off)).unwrap();
+                f.write_all(&pattern(SEED, lun, off, len)).unwrap();
+                f.sync_all().unwrap();
+            }
+        }
+        paths.push(path);
+    }
+    paths
+}
+
+/// Host-side check: the backing files hold the guest's dd pattern.
+fn check_backing_files(images: &[PathBuf]) {
+    for &(lun, off, len) in &DD_WRITES {
+        let mut f = File::open(&images[lun as usize]).expect("open image");
+        f.seek(SeekFrom::Start(off)).unwrap();
+        let mut got = vec![0u8; len as usize];
+        f.read_exact(&mut got).expect("read image");
+        let want = pattern(SEED, lun, off, len);
+        if got != want {
+            let first = got.iter().zip(&want).position(|(a, b)| a != b).unwrap();
+            panic!(
+                "backing file of lun {lun} differs from the guest's dd pattern at \
+                 byte {} (region off {off} len {len}): got {:?}..., want {:?}...",
+                off + first as u64,
+                String::from_utf8_lossy(&got[first..(first + 64).min(got.len())]),
+                String::from_utf8_lossy(&want[first..(first + 64).min(want.len())]),
+            );
+        }
+    }
+}
+
+/// Boots one guest running tests/guest/all.sh; panics unless it exits 0.
+fn run_guest(what: &str, work: &Path, env: &str, backend_args: &[String]) {
+    let root = repo_root();
+    let env_file = work.join(format!("{what}.env"));
+    fs::write(&env_file, env).unwrap();
+    let log = logs_dir().join(format!("{what}.log"));
+    let start = Instant::now();
+    let out = Command::new(root.join("scripts/run-guest.sh"))
+        .current_dir(&root)
+        .arg("--script")
+        .arg(root.join("tests/guest/all.sh"))
+        .arg("--env-file")
+        .arg(&env_file)
+        .arg("--timeout")
+        .arg(GUEST_TIMEOUT_SECS.to_string())
+        .arg("--log")
+        .arg(&log)
+        .args(backend_args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run scripts/run-guest.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("----- {what}: guest console -----\n{stdout}");
+    println!("----- {what}: run-guest.sh stderr -----\n{stderr}");
+    println!(
+        "----- {what}: {} after {:.1} s",
+        out.status,
+        start.elapsed().as_secs_f64()
+    );
+    let fails: Vec<&str> = stdout.lines().filter(|l| l.contains("FAIL:")).collect();
+    assert!(
+        out.status.success(),
+        "{what}: guest run failed ({}), log {}:\n{}\n{}",
+        describe(out.status),
+        log.display(),
+        fails.join("\n"),
+        stderr
+            .lines()
+            .rev()
+            .take(40)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n"),
+    );
+    assert!(
+        stdout.contains("SUMMARY:"),
+        "{what}: no SUMMARY line from the guest"
+    );
+    assert!(
+        fails.is_empty(),
+        "{what}: exit 0 but FAIL lines:\n{}",
+        fails.join("\n")
+    );
+}
+
+fn describe(status: ExitStatus) -> String {
+    match status.code() {
+        Some(124) => "timeout, exit 124".into(),
+        Some(125) => "guest did not report, exit 125".into(),
+        Some(c) => format!("exit {c}"),
+        None => format!("{status}"),
+    }
+}
+
+/// The daemon process; killed on drop if the test did not stop it.
+struct Daemon {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn assert_running(&mut self, when: &str) {
+        let child = self.child.as_mut().expect("daemon already stopped");
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!("daemon exited {when} ({st}); its log:\n{}", self.log_text());
+        }
+    }
+
+    /// SIGTERM, wait up to 10 s.
+    fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("daemon already stopped");
+        let st = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(st.success(), "kill -TERM failed");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "daemon did not exit within 10 s of SIGTERM; its log:\n{}",
+                    fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn start_daemon(images: &[PathBuf], socket: &Path, log: &Path) -> Daemon {
+    let mut cmd = Command::new(daemon_binary());
+    cmd.arg("serve").arg("--socket").arg(socket);
+    for (d, img) in DISKS.iter().zip(images) {
+        let mut spec = img.display().to_string();
+        if d.block_size != 512 {
+            write!(spec, ",block-size={}", d.block_size).unwrap();
+        }
+        if d.readonly {
+            spec.push_str(",readonly");
+        }
+        write!(spec, ",serial={}", d.serial).unwrap();
+        cmd.arg("--disk").arg(spec);
+    }
+    cmd.args(["--num-queues", "2"]);
+    let logf = File::create(log).unwrap();
+    cmd.stdin(Stdio::null())
+        .stdout(logf.try_clone().unwrap())
+        .stderr(logf);
+    println!("starting daemon: {cmd:?}");
+    let child = cmd.spawn().expect("spawn vhost-user-scsi serve");
+    let mut daemon = Daemon {
+        child: Some(child),
+        log: log.to_path_buf(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        daemon.assert_running("before creating its socket");
+        assert!(
+            Instant::now() < deadline,
+            "socket {} did not appear within 10 s; daemon log:\n{}",
+            socket.display(),
+            daemon.log_text()
+        );
+        sleep(Duration::from_millis(50));
+    }
+    daemon
+}
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Console and daemon logs, kept after the test: target/tmp/guest-e2e-logs/.
+fn logs_dir() -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join("guest-e2e-logs");
+    fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The daemon binary: $VUS_E2E_DAEMON if set (e.g. a release build), else
+/// this package's binary.
+fn daemon_binary() -> PathBuf {
+    std::env::var_os("VUS_E2E_DAEMON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_vhost-user-scsi")))
+}
+
+/// Work dir on a real file system (cache=none/O_DIRECT does not work on tmpfs).
+fn work_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("guest-e2e-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("temp dir")
+}
+
+#[test]
+fn guest_e2e_daemon() {
+    let _guard = lock();
+    if !harness_ready("guest_e2e_daemon") {
+        return;
+    }
+    let work = work_dir();
+    // Short path for the socket (sun_path is 108 bytes).
+    let sockdir = tempfile::Builder::new().prefix("vus-").tempdir().unwrap();
+    let socket = sockdir.path().join("vus.sock");
+    let images = create_images(work.path());
+    let mut daemon = start_daemon(&images, &socket, &logs_dir().join("daemon.log"));
+    let backend = vec![
+        "--vhost-socket".to_string(),
+        format!("{},num-queues=2", socket.display()),
+    ];
+
+    // Boot 1: every check.
+    run_guest(
+        "daemon-boot1",
+        work.path(),
+        &guest_env("disks dd fio ext4 sg", "write"),
+        &backend,
+    );
+    daemon.assert_running("after the first guest shut down");
+    check_backing_files(&images);
+
+    // Boot 2 (guest restart, same daemon): the data of boot 1 reads back.
+    run_guest(
+        "daemon-boot2",
+        work.path(),
+        &guest_env("disks dd sg", "verify"),
+        &backend,
+    );
+    daemon.assert_running("after the second guest shut down");
+    check_backing_files(&images);
+
+    // SIGTERM: clean exit, socket removed.
+    let st = daemon.terminate();
+    let log = daemon.log_text();
+    assert!(
+        st.success(),
+        "daemon exited {st} after SIGTERM; log:\n{log}"
+    );
+    assert!(
+        !socket.exists(),
+        "daemon did not remove its socket {} on SIGTERM",
+        socket.display()
+    );
+}
+
+/// Reference run of the same guest checks on QEMU's built-in virtio-scsi
+/// (scsi-hd on one virtio-scsi-pci controller, target 0, LUNs 0..2): proves the
+/// harness, not our daemon. `cargo test --test guest_e2e -- --ignored`.
+#[test]
+#[ignore = "harness reference on QEMU's built-in virtio-scsi; run with --ignored"]
+fn guest_e2e_builtin_reference() {
+    let _guard = lock();
+    if !harness_ready("guest_e2e_builtin_reference") {
+        return;
+    }
+    let work = work_dir();
+    let images = create_images(work.path());
+    let mut backend = vec!["--num-queues".to_string(), "2".to_string()];
+    for (d, img) in DISKS.iter().zip(&images) {
+        let mut spec = format!("{},bs={},serial={}", img.display(), d.block_size, d.serial);
+        if d.readonly {
+            spec.push_str(",readonly");
+        }
+        backend.push("--builtin-disk".into());
+        backend.push(spec);
+    }
+    run_guest(
+        "builtin-boot1",
+        work.path(),
+        &guest_env("disks dd fio ext4 sg", "write"),
+        &backend,
+    );
+    check_backing_files(&images);
+    run_guest(
+        "builtin-boot2",
+        work.path(),
+        &guest_env("disks dd sg", "verify"),
+        &backend,
+    );
+    check_backing_files(&images);
+}
+
+#[test]
+fn pattern_matches_guest_format() {
+    // Same bytes as tests/guest/lib.sh `pattern 42 0 0 128`.
+    let p = pattern(42, 0, 0, 128);
+    let want = format!(
+        "{:<63}\n{:<63}\n",
+        "vhost-user-scsi seed=42 lun=0 pos=0", "vhost-user-scsi seed=42 lun=0 pos=64"
+    );
+    assert_eq!(p, want.as_bytes());
+}

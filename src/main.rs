@@ -16,10 +16,28 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            // --help and --version are not errors.
-            let code = if e.use_stderr() { 1 } else { 0 };
-            let _ = e.print();
-            return ExitCode::from(code);
+            // --help and --version are not errors; a usage error is one
+            // line (clap's first), exit code 1.
+            if !e.use_stderr() {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                let _ = e.print();
+                return ExitCode::from(1);
+            }
+            // The first paragraph of clap's message, joined on one line.
+            let rendered = e.render().to_string();
+            let first: Vec<&str> = rendered
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            eprintln!(
+                "vhost-user-scsi: {} (see --help)",
+                first.join(" ").trim_start_matches("error: ")
+            );
+            return ExitCode::from(1);
         }
     };
     tracing_subscriber::fmt()

@@ -1,0 +1,305 @@
+//! The binary's command line: every bad input is one line on stderr and
+//! exit code 1 before anything listens; SIGTERM is a clean exit.
+
+use std::fs;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_vhost-user-scsi"))
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("run the binary")
+}
+
+fn image(dir: &Path, name: &str, len: u64) -> PathBuf {
+    let p = dir.join(name);
+    let f = fs::File::create(&p).unwrap();
+    f.set_len(len).unwrap();
+    p
+}
+
+/// Exit code 1, exactly one line on stderr containing `needle`, and no
+/// socket left behind.
+fn assert_rejected(args: &[&str], needle: &str, socket: &Path) {
+    let out = run(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "{args:?}: not one line: {stderr}"
+    );
+    assert!(
+        stderr.contains(needle),
+        "{args:?}: {stderr:?} lacks {needle:?}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!socket.exists(), "{args:?} left a socket");
+}
+
+#[test]
+fn bad_input_is_one_line_and_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("s.sock");
+    let s = sock.to_str().unwrap();
+    let good = image(dir.path(), "good.img", 1 << 20);
+    let good = good.to_str().unwrap();
+    let empty = image(dir.path(), "empty.img", 0);
+    let odd = image(dir.path(), "odd.img", 1000);
+    let not4k = image(dir.path(), "not4k.img", 6144);
+    let missing = dir.path().join("missing.img");
+    let d = dir.path().to_str().unwrap();
+
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![
+                "serve".into(),
+                "--socket".into(),
+                s.into(),
+                "--disk".into(),
+                missing.display().to_string(),
+            ],
+            "missing.img",
+        ),
+        (
+            vec![
+                "serve".into(),
+                "--socket".into(),
+                s.into(),
+                "--disk".into(),
+                d.into(),
+            ],
+            "not a regular file or block device",
+        ),
+        (
+            vec![
+                "serve".into(),
+                "--socket".into(),
+                s.into(),
+                "--disk".into(),
+                empty.display().to_string(),
+            ],
+            "size is zero",
+        ),
+        (
+            vec![
+                "serve".into(),
+                "--socket".into(),
+                s.into(),
+                "--disk".into(),
+                odd.display().to_string(),
+            ],
+            "not a multiple",
+        ),
+        (
+            vec![
+                "serve".into(),
+                "--socket".into(),
+                s.into(),
+                "--disk".into(),
+                format!("{},block-size=4096", not4k.display()),
+            ],
+            "not a multiple",
+        ),
+        (
+            vec![
+                "serve".into(),
+                "--socket".into(),
+                s.into(),
+                "--disk".into(),
+                format!("{good},lun=1"),
+                "--disk".into(),
+                format!("{good},lun=1"),
+            ],
+            "LUN 1",
+        ),
+        (
+            vec![
+                "serve".into(),
+                "--socket".into(),
+                s.into(),
+                "--disk".into(),
+                format!("{good},bogus"),
+            ],
+            "unknown disk option",
+        ),
+        (
+            vec![
+                "serve".into(),
+                "--socket".into(),
+                s.into(),
+                "--disk".into(),
+                format!("{good},block-size=1024"),
+            ],
+            "block-size",
+        ),
+        (
+            vec![
+                "serve".into(),
+                "--socket".into(),
+                s.into(),
+                "--disk".into(),
+                format!("{good},lun=99999"),
+            ],
+            "lun",
+        ),
+        (
+            vec![
+                "serve".into(),
+                "--socket".into(),
+                s.into(),
+                "--disk".into(),
+                good.into(),
+                "--num-queues".into(),
+                "0".into(),
+            ],
+            "num-queues",
+        ),
+        (
+            vec![
+                "serve".into(),
+                "--socket".into(),
+                s.into(),
+                "--disk".into(),
+                good.into(),
+                "--num-queues".into(),
+                "65".into(),
+            ],
+            "num-queues",
+        ),
+        (
+            vec![
+                "serve".into(),
+                "--socket".into(),
+                s.into(),
+                "--disk".into(),
+                good.into(),
+                "--queue-size".into(),
+                "2048".into(),
+            ],
+            "queue-size",
+        ),
+        (vec!["serve".into(), "--socket".into(), s.into()], "--disk"),
+        (
+            vec!["serve".into(), "--disk".into(), good.into()],
+            "--socket",
+        ),
+        (vec!["frobnicate".into()], "frobnicate"),
+    ];
+    for (args, needle) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_rejected(&args, needle, &sock);
+    }
+}
+
+#[test]
+fn help_and_version_exit_0() {
+    let out = run(&["--version"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+    let out = run(&["serve", "--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    for opt in ["--socket", "--disk", "--num-queues", "--queue-size"] {
+        assert!(help.contains(opt), "help lacks {opt}");
+    }
+}
+
+fn wait_for(path: &Path, child: &mut Child) {
+    let start = Instant::now();
+    while !path.exists() {
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!("daemon exited early: {st}");
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "no socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn spawn(sock: &Path, disk: &Path) -> Child {
+    bin()
+        .args(["serve", "--socket"])
+        .arg(sock)
+        .arg("--disk")
+        .arg(disk)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn sigterm(child: &Child) {
+    // SAFETY: plain kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+}
+
+#[test]
+fn socket_served_by_a_live_process_is_refused_and_stale_one_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("s.sock");
+    let disk = image(dir.path(), "d.img", 1 << 20);
+
+    // A live listener owns the path: refused, and its socket left alone.
+    let live = UnixListener::bind(&sock).unwrap();
+    let out = bin()
+        .args(["serve", "--socket"])
+        .arg(&sock)
+        .arg("--disk")
+        .arg(&disk)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already served"));
+    assert!(sock.exists());
+    drop(live);
+
+    // The listener is gone but the file stays: a stale socket, replaced.
+    assert!(sock.exists());
+    let mut child = spawn(&sock, &disk);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(child.try_wait().unwrap().is_none(), "daemon should run");
+    // While it runs, a second daemon on the same path is refused.
+    let out = bin()
+        .args(["serve", "--socket"])
+        .arg(&sock)
+        .arg("--disk")
+        .arg(&disk)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    sigterm(&child);
+    let st = child.wait().unwrap();
+    assert_eq!(st.code(), Some(0));
+    assert!(!sock.exists(), "socket not removed at exit");
+
+    // A path that exists and is not a socket is never deleted.
+    fs::write(&sock, b"precious").unwrap();
+    let out = bin()
+        .args(["serve", "--socket"])
+        .arg(&sock)
+        .arg("--disk")
+        .arg(&disk)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(fs::read(&sock).unwrap(), b"precious");
+}
+
+#[test]
+fn sigterm_and_sigint_exit_0_and_remove_the_socket() {
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("s.sock");
+        let disk = image(dir.path(), "d.img", 1 << 20);
+        let mut child = spawn(&sock, &disk);
+        wait_for(&sock, &mut child);
+        // SAFETY: plain kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+        let st = child.wait().unwrap();
+        assert_eq!(st.code(), Some(0), "signal {sig}");
+        assert!(!sock.exists());
+    }
+}

@@ -10,7 +10,9 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::provision::DiscardCaps;
 use super::BlockError;
 use crate::units::ByteCount;
 
@@ -32,13 +34,16 @@ pub struct Backing {
     buffered: Option<File>,
     path: PathBuf,
     kind: BackingKind,
-    size: ByteCount,
+    /// Bytes; atomic so [`Backing::refresh_size`] works through `&self`.
+    size: AtomicU64,
     logical_block_size: u32,
     direct: bool,
     rotational: bool,
     readonly: bool,
     dio_mem_align: usize,
     dio_offset_align: u64,
+    /// Unmap (discard / punch hole) capabilities, probed at open.
+    discard: DiscardCaps,
 }
 
 nix::ioctl_read!(blkgetsize64, 0x12, 114, u64);
@@ -187,6 +192,13 @@ impl Backing {
             None => (logical_block_size as usize, u64::from(logical_block_size)),
         };
 
+        let discard = match kind {
+            BackingKind::File => DiscardCaps::probe_file(&file, &fmeta, readonly),
+            BackingKind::BlockDevice => {
+                DiscardCaps::probe_block_device(fmeta.rdev(), logical_block_size)
+            }
+        };
+
         let buffered = if direct {
             let b = open_with(path, readonly, false).map_err(|e| open_err(path, e))?;
             let bmeta = b.metadata().map_err(|e| open_err(path, e))?;
@@ -208,6 +220,7 @@ impl Backing {
             readonly,
             dio_mem_align,
             dio_offset_align,
+            ?discard,
             "opened backing"
         );
 
@@ -216,13 +229,14 @@ impl Backing {
             buffered,
             path: path.to_owned(),
             kind,
-            size: ByteCount(size),
+            size: AtomicU64::new(size),
             logical_block_size,
             direct,
             rotational,
             readonly,
             dio_mem_align,
             dio_offset_align,
+            discard,
         })
     }
 
@@ -234,7 +248,24 @@ impl Backing {
     }
     /// Size in bytes (file length or BLKGETSIZE64).
     pub fn size(&self) -> ByteCount {
-        self.size
+        ByteCount(self.size.load(Ordering::Relaxed))
+    }
+    /// Re-read the size (file length or BLKGETSIZE64), store it for
+    /// [`size`](Self::size) and return it. For resize support: the caller
+    /// decides what a changed size means for the LUN.
+    pub fn refresh_size(&self) -> io::Result<ByteCount> {
+        let bytes = match self.kind {
+            BackingKind::File => self.file.metadata()?.len(),
+            BackingKind::BlockDevice => {
+                let mut bytes: u64 = 0;
+                // SAFETY: BLKGETSIZE64 writes one u64 into `bytes`, which is
+                // valid for writes; the fd is open.
+                unsafe { blkgetsize64(self.file.as_raw_fd(), &mut bytes) }?;
+                bytes
+            }
+        };
+        self.size.store(bytes, Ordering::Relaxed);
+        Ok(ByteCount(bytes))
     }
     /// BLKSSZGET for devices, 512 for files.
     pub fn logical_block_size(&self) -> u32 {
@@ -270,6 +301,18 @@ impl Backing {
         self.buffered
             .as_ref()
             .map_or(self.file.as_raw_fd(), |f| f.as_raw_fd())
+    }
+    /// The main descriptor (`O_DIRECT` when [`is_direct`](Self::is_direct)).
+    pub(super) fn main_file(&self) -> &File {
+        &self.file
+    }
+    /// The buffered twin, or the main descriptor when not direct.
+    pub(super) fn buffered_file(&self) -> &File {
+        self.buffered.as_ref().unwrap_or(&self.file)
+    }
+    /// Unmap capabilities probed at open.
+    pub(super) fn discard_caps(&self) -> &DiscardCaps {
+        &self.discard
     }
 }
 

@@ -2,12 +2,21 @@
 //! engine that moves data between them and guest memory.
 //!
 //! CONTRACT (shared with the vhost layer): `Backing` and its accessors,
-//! `Engine`, `EngineOp`, `Completion`, `IoVec`, `BlockError`.
+//! `Engine`, `EngineOp`, `Completion`, `IoVec`, `BlockError`, `Extent`.
+//!
+//! Besides the io_uring fast path, `Backing` has synchronous "slow path"
+//! methods for a helper thread (never a worker): `read_exact_at`,
+//! `write_all_at`, `sync_data` (`sync_io.rs`) and the provisioning
+//! primitives `unmap`, `write_zeroes`, `write_same`, `allocation_map`
+//! (`provision.rs`).
 
 mod backing;
+mod provision;
+mod sync_io;
 mod uring;
 
 pub use backing::{Backing, BackingKind};
+pub use provision::Extent;
 pub use uring::{Completion, Engine, EngineOp, IoVec};
 
 use std::path::PathBuf;

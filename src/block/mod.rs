@@ -16,7 +16,7 @@ mod sync_io;
 mod uring;
 
 pub use backing::{Backing, BackingKind};
-pub use provision::Extent;
+pub use provision::{Extent, FILE_MAX_DISCARD_BYTES};
 pub use uring::{Completion, Engine, EngineOp, IoVec};
 
 use std::path::PathBuf;

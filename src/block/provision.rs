@@ -700,6 +700,47 @@ mod tests {
         assert_eq!(m, vec![ext(0, 1 << 20, false)]);
     }
 
+    /// tmpfs punches holes but has no `ZERO_RANGE`: write_zeroes without
+    /// unmap takes the zero-writing fallback.
+    #[test]
+    fn tmpfs_zero_range_fallback() {
+        let shm = Path::new("/dev/shm");
+        if fs_type_of(shm) != Some(0x0102_1994) {
+            eprintln!("/dev/shm is not tmpfs; skipped");
+            return;
+        }
+        let f = tempfile::NamedTempFile::new_in(shm).unwrap();
+        std::fs::write(f.path(), vec![0xAAu8; 1 << 20]).unwrap();
+        let b = Backing::open(f.path(), false).unwrap();
+        assert!(b.supports_unmap());
+        let blocks = st_blocks(f.path());
+        b.write_zeroes(ByteOffset(4096), ByteCount(3 << 18), false)
+            .unwrap();
+        assert_eq!(st_blocks(f.path()), blocks);
+        b.write_zeroes(ByteOffset(800 << 10), ByteCount(64 << 10), true)
+            .unwrap();
+        assert_eq!(blocks - st_blocks(f.path()), 128);
+        let disk = std::fs::read(f.path()).unwrap();
+        assert!(disk[..4096].iter().all(|&x| x == 0xAA));
+        assert!(disk[4096..4096 + (3 << 18)].iter().all(|&x| x == 0));
+        assert!(disk[4096 + (3 << 18)..800 << 10].iter().all(|&x| x == 0xAA));
+        assert!(disk[800 << 10..864 << 10].iter().all(|&x| x == 0));
+        assert!(disk[864 << 10..].iter().all(|&x| x == 0xAA));
+        let m = b.allocation_map(ByteOffset(0), ByteCount(1 << 20)).unwrap();
+        assert_eq!(
+            m,
+            vec![
+                ext(0, 800 << 10, true),
+                ext(800 << 10, 64 << 10, false),
+                ext(864 << 10, 160 << 10, true),
+            ]
+        );
+    }
+
+    fn fs_type_of(p: &Path) -> Option<u64> {
+        fs_type(&File::open(p).ok()?)
+    }
+
     #[test]
     fn refresh_size_after_growth() {
         let f = image(4096);

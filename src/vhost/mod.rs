@@ -12,6 +12,7 @@ mod control;
 mod device;
 mod ratelimit;
 mod server;
+mod slow;
 mod worker;
 
 pub use backend::ScsiBackend;

@@ -12,6 +12,7 @@ mod control;
 mod device;
 mod ratelimit;
 mod server;
+#[allow(dead_code)] // wired into the worker with the issue-4 commands
 mod slow;
 mod worker;
 

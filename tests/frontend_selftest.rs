@@ -18,7 +18,9 @@ use vhost_user_scsi::frontend::{
 };
 use vhost_user_scsi::virtio_scsi::defs::*;
 use virtio_queue::{DescriptorChain, QueueT, Reader, Writer};
-use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap};
+use vm_memory::{
+    ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap,
+};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
@@ -70,7 +72,11 @@ impl TestBackend {
         Ok(w.bytes_written() as u32)
     }
 
-    fn control(mem: &Mem, chain: DescriptorChain<Mem>, event: &VringRwLock) -> std::io::Result<u32> {
+    fn control(
+        mem: &Mem,
+        chain: DescriptorChain<Mem>,
+        event: &VringRwLock,
+    ) -> std::io::Result<u32> {
         let mut r = Reader::new(&**mem, chain.clone()).map_err(std::io::Error::other)?;
         let mut w = Writer::new(&**mem, chain).map_err(std::io::Error::other)?;
         let mut all = Vec::new();
@@ -81,7 +87,9 @@ impl TestBackend {
         };
         match ty {
             T_TMF => {
-                let req = all.get(..24).and_then(CtrlTmfReq::from_slice)
+                let req = all
+                    .get(..24)
+                    .and_then(CtrlTmfReq::from_slice)
                     .copied()
                     .ok_or_else(|| std::io::Error::other("short TMF"))?;
                 w.write_obj(CtrlTmfResp { response: 0 })?;
@@ -90,7 +98,10 @@ impl TestBackend {
                     lun: req.lun,
                     reason: req.subtype,
                 };
-                let chain = event.get_mut().get_queue_mut().pop_descriptor_chain(mem.clone());
+                let chain = event
+                    .get_mut()
+                    .get_queue_mut()
+                    .pop_descriptor_chain(mem.clone());
                 if let Some(c) = chain {
                     let head = c.head_index();
                     let mut ew = Writer::new(&**mem, c).map_err(std::io::Error::other)?;
@@ -100,7 +111,9 @@ impl TestBackend {
                 }
             }
             T_AN_QUERY | T_AN_SUBSCRIBE => {
-                let req = all.get(..16).and_then(CtrlAnReq::from_slice)
+                let req = all
+                    .get(..16)
+                    .and_then(CtrlAnReq::from_slice)
                     .copied()
                     .ok_or_else(|| std::io::Error::other("short AN"))?;
                 let requested = req.event_requested;
@@ -122,7 +135,9 @@ impl TestBackend {
         let event_idx = self.event_idx.load(Ordering::Relaxed);
         loop {
             if event_idx {
-                vring.disable_notification().map_err(std::io::Error::other)?;
+                vring
+                    .disable_notification()
+                    .map_err(std::io::Error::other)?;
             }
             loop {
                 // Own statement: the vring guard must be dropped before add_used.
@@ -298,7 +313,10 @@ fn exercise(dev: &ScsiFrontend) {
             .command(q, 0, &cdb::write10(0, 8, false), DataDir::ToDevice(&data))
             .unwrap();
         assert_eq!(r.resid, 4096);
-        let sum = data.iter().map(|&b| u16::from(b)).fold(0, u16::wrapping_add);
+        let sum = data
+            .iter()
+            .map(|&b| u16::from(b))
+            .fold(0, u16::wrapping_add);
         assert_eq!(r.status_qualifier, sum);
     }
 
@@ -318,12 +336,18 @@ fn exercise(dev: &ScsiFrontend) {
     assert_eq!(r.sense_key(), Some((5, 0x20, 0)));
 
     // Many in flight on both queues, with every split.
-    let splits = [Split::Linux, Split::Merged, Split::Pieces(64), Split::Pieces(200)];
+    let splits = [
+        Split::Linux,
+        Split::Merged,
+        Split::Pieces(64),
+        Split::Pieces(200),
+    ];
     let mut expected = std::collections::HashMap::new();
     for round in 0..4 {
         for q in 0..2 {
             for k in 0..12 {
-                let mut req = ScsiRequest::new(0, &cdb::read10(k, 1, false), DataDir::FromDevice(512));
+                let mut req =
+                    ScsiRequest::new(0, &cdb::read10(k, 1, false), DataDir::FromDevice(512));
                 req.split = splits[(round + k as usize) % splits.len()];
                 if k % 3 == 0 {
                     req.data_out = vec![1; 100];
@@ -431,7 +455,12 @@ fn exercise(dev: &ScsiFrontend) {
         )
         .unwrap();
     // A 4-byte header is too short: the backend completes it with 0.
-    assert_eq!(dev.wait_tag(3, tag, Duration::from_secs(10)).unwrap().used_len, 0);
+    assert_eq!(
+        dev.wait_tag(3, tag, Duration::from_secs(10))
+            .unwrap()
+            .used_len,
+        0
+    );
     for vq in 2..4 {
         let s = dev.stats(vq).unwrap();
         assert_eq!(s.in_flight, 0);
@@ -526,14 +555,8 @@ fn queue_full_is_an_error() {
     let dev = ScsiFrontend::connect(&cfg).unwrap();
     let mut req = ScsiRequest::new(0, &cdb::read10(0, 1, false), DataDir::FromDevice(512));
     req.split = Split::Pieces(16);
-    assert!(matches!(
-        dev.submit(0, &req),
-        Err(Error::QueueFull { .. })
-    ));
-    assert!(matches!(
-        dev.submit(5, &req),
-        Err(Error::NoSuchQueue(7))
-    ));
+    assert!(matches!(dev.submit(0, &req), Err(Error::QueueFull { .. })));
+    assert!(matches!(dev.submit(5, &req), Err(Error::NoSuchQueue(7))));
     dev.shutdown().unwrap();
     server.join();
 }

@@ -123,7 +123,14 @@ pub fn mode_sense10(dbd: bool, pc: u8, page: u8, subpage: u8, alloc: u16) -> [u8
 
 /// START STOP UNIT.
 pub fn start_stop_unit(start: bool, load_eject: bool) -> [u8; 6] {
-    [0x1b, 0, 0, 0, u8::from(start) | (u8::from(load_eject) << 1), 0]
+    [
+        0x1b,
+        0,
+        0,
+        0,
+        u8::from(start) | (u8::from(load_eject) << 1),
+        0,
+    ]
 }
 
 /// UNMAP with a parameter list of `param_len` bytes (see [`unmap_params`]).
@@ -185,8 +192,14 @@ mod tests {
             report_luns(2, 0x100),
             [0xa0, 0, 2, 0, 0, 0, 0, 0, 1, 0, 0, 0]
         );
-        assert_eq!(mode_sense6(true, 0, 0x3f, 0, 255), [0x1a, 8, 0x3f, 0, 255, 0]);
-        assert_eq!(mode_sense6(false, 1, 0x08, 0, 32), [0x1a, 0, 0x48, 0, 32, 0]);
+        assert_eq!(
+            mode_sense6(true, 0, 0x3f, 0, 255),
+            [0x1a, 8, 0x3f, 0, 255, 0]
+        );
+        assert_eq!(
+            mode_sense6(false, 1, 0x08, 0, 32),
+            [0x1a, 0, 0x48, 0, 32, 0]
+        );
         assert_eq!(mode_sense10(true, 0, 8, 0, 0x100)[..3], [0x5a, 8, 8]);
         assert_eq!(mode_sense10(true, 0, 8, 0, 0x100)[7..9], [1, 0]);
         assert_eq!(request_sense(18), [3, 0, 0, 0, 18, 0]);

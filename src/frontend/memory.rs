@@ -68,9 +68,8 @@ impl GuestMem {
         self.mem
             .iter()
             .map(|r| {
-                VhostUserMemoryRegionInfo::from_guest_region(r).map_err(|e| {
-                    Error::Memory(format!("region at {:#x}: {e}", r.start_addr().0))
-                })
+                VhostUserMemoryRegionInfo::from_guest_region(r)
+                    .map_err(|e| Error::Memory(format!("region at {:#x}: {e}", r.start_addr().0)))
             })
             .collect()
     }

@@ -31,8 +31,8 @@ use std::time::Duration;
 pub use conn::Connection;
 pub use memory::{BufferAllocator, GuestMem};
 pub use scsi::{
-    Outcome, QueueStats, CONTROL_QUEUE, EVENT_QUEUE, FIRST_REQUEST_QUEUE,
-    ChainPart, Completion, DataDir, RawCompletion, ScsiFrontend, ScsiRequest, ScsiResponse, Split,
+    ChainPart, Completion, DataDir, Outcome, QueueStats, RawCompletion, ScsiFrontend, ScsiRequest,
+    ScsiResponse, Split, CONTROL_QUEUE, EVENT_QUEUE, FIRST_REQUEST_QUEUE,
 };
 pub use vring::{vring_need_event, SplitQueue};
 

@@ -565,7 +565,12 @@ impl ScsiFrontend {
     }
 
     /// As [`ScsiFrontend::wait_completions`] for any vhost-user queue index.
-    pub fn wait_vq(&self, vq: usize, out: &mut Vec<Completion>, timeout: Duration) -> Result<usize> {
+    pub fn wait_vq(
+        &self,
+        vq: usize,
+        out: &mut Vec<Completion>,
+        timeout: Duration,
+    ) -> Result<usize> {
         self.wait_inner(vq, timeout, |done| {
             let n = done.len();
             out.append(done);
@@ -629,10 +634,13 @@ impl ScsiFrontend {
 
     fn complete(&self, q: &mut QueueState, used: Used) -> Result<Completion> {
         let vq = q.vq.index;
-        let p = q.pending.remove(&used.id).ok_or_else(|| Error::BadUsedRing {
-            queue: vq,
-            what: format!("no request for head {}", used.id),
-        })?;
+        let p = q
+            .pending
+            .remove(&used.id)
+            .ok_or_else(|| Error::BadUsedRing {
+                queue: vq,
+                what: format!("no request for head {}", used.id),
+            })?;
         let outcome = (|| -> Result<Outcome> {
             Ok(match &p.kind {
                 Kind::Scsi {

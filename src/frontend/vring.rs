@@ -407,7 +407,11 @@ impl SplitQueue {
         self.free.put(&ids);
         self.last_used = self.last_used.wrapping_add(1);
         if self.event_idx {
-            self.store16(mem, self.avail + 4 + 2 * u64::from(self.size), self.last_used)?;
+            self.store16(
+                mem,
+                self.avail + 4 + 2 * u64::from(self.size),
+                self.last_used,
+            )?;
         }
         Ok(Some(Used {
             id: id32 as u16,
@@ -419,7 +423,11 @@ impl SplitQueue {
     /// re-check. Returns true if something is already there.
     pub fn arm(&mut self, mem: &GuestMem) -> Result<bool> {
         if self.event_idx {
-            self.store16(mem, self.avail + 4 + 2 * u64::from(self.size), self.last_used)?;
+            self.store16(
+                mem,
+                self.avail + 4 + 2 * u64::from(self.size),
+                self.last_used,
+            )?;
         }
         fence(Ordering::SeqCst);
         Ok(self.load16(mem, self.used + 2)? != self.last_used)
@@ -566,9 +574,6 @@ mod tests {
         mem.write(0x10000 + l.used + 12, &[7, 0, 0, 0, 0, 0, 0, 0])
             .unwrap();
         mem.write(0x10000 + l.used + 2, &[2, 0]).unwrap();
-        assert!(matches!(
-            q.pop_used(&mem),
-            Err(Error::BadUsedRing { .. })
-        ));
+        assert!(matches!(q.pop_used(&mem), Err(Error::BadUsedRing { .. })));
     }
 }

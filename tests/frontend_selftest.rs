@@ -560,3 +560,42 @@ fn queue_full_is_an_error() {
     dev.shutdown().unwrap();
     server.join();
 }
+
+#[test]
+fn forced_unoffered_feature_is_rejected_by_the_backend() {
+    // What QEMU 10 does with VIRTIO_SCSI_F_CHANGE (platform notes).
+    let server = Server::start(ALL_FEATURES & !F_CHANGE, 4);
+    let mut cfg = config(&server.path);
+    cfg.force_features = F_CHANGE;
+    match ScsiFrontend::connect(&cfg) {
+        Err(e) => assert!(e.to_string().contains("SET_FEATURES"), "{e}"),
+        Ok(_) => panic!("backend accepted an unoffered feature"),
+    }
+    server.join();
+}
+
+#[test]
+fn one_thread_per_queue() {
+    let server = Server::start(ALL_FEATURES, 4);
+    let dev = Arc::new(ScsiFrontend::connect(&config(&server.path)).unwrap());
+    let threads: Vec<_> = (0..2)
+        .map(|q| {
+            let dev = dev.clone();
+            std::thread::spawn(move || {
+                for i in 0..200u32 {
+                    let r = dev
+                        .command(q, 0, &cdb::read10(i, 1, false), DataDir::FromDevice(512))
+                        .unwrap();
+                    assert_eq!((r.response, r.status, r.data.len()), (S_OK, 0, 512));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let dev = Arc::into_inner(dev).unwrap();
+    let bases = dev.shutdown().unwrap();
+    assert_eq!((bases[2], bases[3]), (200, 200));
+    server.join();
+}

@@ -93,7 +93,7 @@ impl Connection {
         if cfg.indirect {
             want |= VIRTIO_RING_F_INDIRECT_DESC;
         }
-        let acked = want & self.offered_features;
+        let acked = (want & self.offered_features) | cfg.force_features;
         self.fe.set_features(acked).map_err(vh("SET_FEATURES"))?;
         self.acked_features = acked;
         Ok(acked)

@@ -116,6 +116,10 @@ pub struct FrontendConfig {
     pub indirect: bool,
     /// Extra virtio feature bits to ack when offered (e.g. VIRTIO_SCSI_F_CHANGE).
     pub extra_features: u64,
+    /// Feature bits acked even when NOT offered (QEMU 10 acks
+    /// VIRTIO_SCSI_F_CHANGE unconditionally; use this to test a backend's
+    /// reaction).
+    pub force_features: u64,
     /// Kick after every publish, ignoring the backend's suppression hints.
     pub always_kick: bool,
     /// Number of 16-byte buffers kept on the event queue.
@@ -138,6 +142,7 @@ impl FrontendConfig {
             event_idx: true,
             indirect: false,
             extra_features: 0,
+            force_features: 0,
             always_kick: false,
             event_buffers: 8,
             timeout: Duration::from_secs(30),

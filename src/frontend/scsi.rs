@@ -229,6 +229,8 @@ pub struct ScsiFrontend {
     mem: GuestMem,
     alloc: Mutex<BufferAllocator>,
     queues: Vec<Mutex<QueueState>>,
+    /// Duplicates of the call eventfds, to sleep on without a queue lock.
+    calls: Vec<vmm_sys_util::eventfd::EventFd>,
     next_tag: AtomicU64,
     indirect_default: bool,
 }
@@ -256,6 +258,7 @@ impl ScsiFrontend {
         }
         let event_idx = acked & VIRTIO_RING_F_EVENT_IDX != 0;
         let mut queues = Vec::with_capacity(nq);
+        let mut calls = Vec::with_capacity(nq);
         for i in 0..nq {
             let q = SplitQueue::new(
                 &mem,
@@ -266,6 +269,7 @@ impl ScsiFrontend {
                 cfg.always_kick,
             )?;
             conn.setup_queue(&mem, &q)?;
+            calls.push(q.call_fd().try_clone().map_err(super::io_err("dup"))?);
             queues.push(Mutex::new(QueueState {
                 vq: q,
                 pending: HashMap::new(),
@@ -281,6 +285,7 @@ impl ScsiFrontend {
             conn,
             mem,
             queues,
+            calls,
             next_tag: AtomicU64::new(1),
             indirect_default: cfg.indirect && acked & VIRTIO_RING_F_INDIRECT_DESC != 0,
         };
@@ -332,6 +337,10 @@ impl ScsiFrontend {
         self.alloc.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn new_tag(&self) -> u64 {
+        self.next_tag.fetch_add(1, Ordering::Relaxed)
+    }
+
     fn request_vq(&self, queue: usize) -> Result<usize> {
         if queue < self.num_request_queues() {
             Ok(queue + FIRST_REQUEST_QUEUE)
@@ -376,6 +385,7 @@ impl ScsiFrontend {
     fn push(
         &self,
         vq: usize,
+        tag: u64,
         segs: Vec<Seg>,
         indirect: bool,
         kind: Kind,
@@ -392,7 +402,6 @@ impl ScsiFrontend {
                 Some(t) => q.vq.add_indirect(&self.mem, t, &segs)?,
                 None => q.vq.add_chain(&self.mem, &segs)?,
             };
-            let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
             q.pending.insert(
                 head,
                 Pending {
@@ -419,12 +428,9 @@ impl ScsiFrontend {
         }
         let mut cdb = [0u8; CDB_SIZE];
         cdb[..req.cdb.len()].copy_from_slice(&req.cdb);
-        let tag = self.next_tag.load(Ordering::Relaxed);
+        let tag = self.new_tag();
         let hdr = CmdReqHeader {
             lun: req.lun,
-            // The frontend tag is taken in `push`; a racing submit may make
-            // the wire tag differ from it, which is harmless (tags are only
-            // unique hints on the wire).
             tag: req.tag.unwrap_or(tag),
             task_attr: req.task_attr,
             prio: req.prio,
@@ -441,7 +447,7 @@ impl ScsiFrontend {
             }
         };
         let indirect = req.indirect.unwrap_or(self.indirect_default);
-        self.push(vq, segs, indirect, kind, allocs)
+        self.push(vq, tag, segs, indirect, kind, allocs)
     }
 
     fn build_scsi(
@@ -616,9 +622,10 @@ impl ScsiFrontend {
             }
             // Sleep without the lock so other threads can submit; in slices
             // in case another waiter consumed the eventfd.
-            let call = q.vq.call_fd().try_clone().map_err(super::io_err("dup"))?;
             drop(q);
-            if super::vring::poll_in(&call, (deadline - now).min(POLL_SLICE))? {
+            let call = &self.calls[vq];
+            if super::vring::poll_in(call, (deadline - now).min(POLL_SLICE))? {
+                // Nonblocking: EAGAIN when another waiter consumed it.
                 let _ = call.read();
             }
         }
@@ -737,7 +744,14 @@ impl ScsiFrontend {
             self.free_allocs(&allocs);
             return Err(e);
         }
-        self.push(vq, segs, indirect, Kind::Raw { writable }, allocs)
+        self.push(
+            vq,
+            self.new_tag(),
+            segs,
+            indirect,
+            Kind::Raw { writable },
+            allocs,
+        )
     }
 
     /// Submit raw parts (direct descriptors) and wait for the completion.
@@ -758,7 +772,7 @@ impl ScsiFrontend {
     pub fn submit_descriptors(&self, vq: usize, descs: &[Desc]) -> Result<u64> {
         let mut q = self.lock(vq)?;
         let head = q.vq.add_raw(&self.mem, descs)?;
-        let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
+        let tag = self.new_tag();
         q.pending.insert(
             head,
             Pending {
@@ -834,7 +848,14 @@ impl ScsiFrontend {
             len: std::mem::size_of::<Event>() as u32,
             write: true,
         };
-        self.push(EVENT_QUEUE, vec![seg], false, Kind::Event { buf }, allocs)?;
+        self.push(
+            EVENT_QUEUE,
+            self.new_tag(),
+            vec![seg],
+            false,
+            Kind::Event { buf },
+            allocs,
+        )?;
         Ok(())
     }
 

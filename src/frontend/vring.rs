@@ -305,8 +305,9 @@ impl SplitQueue {
 
     /// Write arbitrary descriptors (for malformed-chain tests): `descs[k].next`
     /// is an index into `descs`, translated to the real descriptor id (an
-    /// out-of-range value is written unchanged, offset by nothing). Head is
-    /// `descs[0]`.
+    /// out-of-range index is written unchanged, e.g. to point a chain at a
+    /// descriptor that is not part of it). Flags are written as given (loops,
+    /// INDIRECT, missing NEXT...). The head is `descs[0]`.
     pub fn add_raw(&mut self, mem: &GuestMem, descs: &[Desc]) -> Result<u16> {
         let ids = self.take(descs.len())?;
         for (k, d) in descs.iter().enumerate() {

@@ -1,0 +1,891 @@
+//! virtio-scsi on top of the vhost-user connection: request, control and
+//! event queues, blocking and asynchronous commands, and raw chains for
+//! malformed-request tests.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use vm_memory::{ByteValued, Bytes, GuestAddress};
+
+use super::conn::Connection;
+use super::features::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use super::memory::{BufferAllocator, GuestMem};
+use super::vring::{Desc, RingLayout, Seg, SplitQueue, Used};
+use super::{Error, FrontendConfig, Result};
+use crate::virtio_scsi::defs::{
+    encode_lun, CmdReqHeader, CmdRespHeader, CtrlAnReq, CtrlTmfReq, Event, CDB_SIZE, SENSE_SIZE,
+    T_AN_QUERY, T_AN_SUBSCRIBE, T_TMF,
+};
+
+/// vhost-user queue index of the control queue.
+pub const CONTROL_QUEUE: usize = 0;
+/// vhost-user queue index of the event queue.
+pub const EVENT_QUEUE: usize = 1;
+/// vhost-user queue index of request queue 0.
+pub const FIRST_REQUEST_QUEUE: usize = 2;
+
+const REQ_HDR: usize = std::mem::size_of::<CmdReqHeader>();
+const RESP_HDR: usize = std::mem::size_of::<CmdRespHeader>();
+const DATA_ALIGN: u64 = 4096;
+/// Longest sleep between checks when several threads share a queue.
+const POLL_SLICE: Duration = Duration::from_millis(10);
+
+/// Data direction of a command.
+#[derive(Clone, Copy, Debug)]
+pub enum DataDir<'a> {
+    None,
+    /// Data-in of this many bytes.
+    FromDevice(u32),
+    /// Data-out with these bytes.
+    ToDevice(&'a [u8]),
+}
+
+/// How a request is cut into descriptors.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Split {
+    /// Like Linux: header, data-out, response, data-in each in its own
+    /// descriptor (empty data segments omitted).
+    #[default]
+    Linux,
+    /// Header and data-out in one descriptor, response and data-in in one.
+    Merged,
+    /// Like `Linux`, but every segment cut into pieces of at most this many
+    /// bytes (1 = every byte its own descriptor).
+    Pieces(u32),
+}
+
+/// One virtio-scsi command request.
+#[derive(Clone, Debug)]
+pub struct ScsiRequest {
+    /// The 8-byte virtio-scsi LUN field (see `encode_lun`).
+    pub lun: [u8; 8],
+    /// Up to 32 CDB bytes (zero-padded).
+    pub cdb: Vec<u8>,
+    pub task_attr: u8,
+    pub prio: u8,
+    pub crn: u8,
+    /// The wire tag; `None` uses the frontend's tag (returned by `submit`).
+    pub tag: Option<u64>,
+    pub data_out: Vec<u8>,
+    pub data_in_len: u32,
+    pub split: Split,
+    /// Put the chain in an indirect table; `None` follows the config
+    /// (and what was negotiated). `Some(true)` forces it, negotiated or not.
+    pub indirect: Option<bool>,
+}
+
+impl ScsiRequest {
+    /// A request to target 0, `lun`.
+    pub fn new(lun: u16, cdb: &[u8], dir: DataDir<'_>) -> Self {
+        let (data_out, data_in_len) = match dir {
+            DataDir::None => (Vec::new(), 0),
+            DataDir::FromDevice(n) => (Vec::new(), n),
+            DataDir::ToDevice(d) => (d.to_vec(), 0),
+        };
+        ScsiRequest {
+            lun: encode_lun(0, lun),
+            cdb: cdb.to_vec(),
+            task_attr: 0,
+            prio: 0,
+            crn: 0,
+            tag: None,
+            data_out,
+            data_in_len,
+            split: Split::Linux,
+            indirect: None,
+        }
+    }
+}
+
+/// A parsed command response.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScsiResponse {
+    /// virtio-scsi response code (`S_OK`, ...).
+    pub response: u8,
+    /// SCSI status (0 GOOD, 2 CHECK CONDITION, ...).
+    pub status: u8,
+    pub status_qualifier: u16,
+    /// `sense_len` as written by the device.
+    pub sense_len: u32,
+    /// The first `min(sense_len, 96)` sense bytes.
+    pub sense: Vec<u8>,
+    pub resid: u32,
+    /// The whole data-in buffer (`data_in_len` bytes; see [`ScsiResponse::data_in`]).
+    pub data: Vec<u8>,
+    /// The used length the device reported for the chain.
+    pub used_len: u32,
+}
+
+impl ScsiResponse {
+    /// The data-in bytes the device says it transferred (`len - resid`).
+    pub fn data_in(&self) -> &[u8] {
+        let n = self.data.len().saturating_sub(self.resid as usize);
+        &self.data[..n]
+    }
+    /// Sense key, ASC, ASCQ of fixed or descriptor format sense data.
+    pub fn sense_key(&self) -> Option<(u8, u8, u8)> {
+        let s = &self.sense;
+        match s.first()? & 0x7f {
+            0x70 | 0x71 if s.len() >= 14 => Some((s[2] & 0xf, s[12], s[13])),
+            0x72 | 0x73 if s.len() >= 4 => Some((s[1] & 0xf, s[2], s[3])),
+            _ => None,
+        }
+    }
+}
+
+/// One segment of a raw chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChainPart {
+    /// A device-readable buffer holding these bytes.
+    Out(Vec<u8>),
+    /// A device-writable buffer of this many bytes (read back at completion).
+    In(u32),
+    /// A descriptor with any address/length (may be outside guest memory);
+    /// nothing is allocated or read back.
+    Raw { addr: u64, len: u32, write: bool },
+}
+
+/// Completion of a raw chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawCompletion {
+    pub used_len: u32,
+    /// Contents of each `ChainPart::In`, in order.
+    pub written: Vec<Vec<u8>>,
+}
+
+/// What completed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Scsi(ScsiResponse),
+    Raw(RawCompletion),
+    Event(Event),
+}
+
+/// A reaped completion.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Completion {
+    /// The frontend tag returned by `submit*`.
+    pub tag: u64,
+    /// vhost-user queue index.
+    pub vq: usize,
+    pub used_len: u32,
+    pub outcome: Outcome,
+}
+
+impl Completion {
+    pub fn scsi(&self) -> Option<&ScsiResponse> {
+        match &self.outcome {
+            Outcome::Scsi(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Kind {
+    Scsi {
+        resp: u64,
+        data_in: u64,
+        data_in_len: u32,
+    },
+    Raw {
+        writable: Vec<(u64, u32)>,
+    },
+    Event {
+        buf: u64,
+    },
+}
+
+#[derive(Debug)]
+struct Pending {
+    tag: u64,
+    kind: Kind,
+    allocs: Vec<(u64, u64)>,
+}
+
+struct QueueState {
+    vq: SplitQueue,
+    pending: HashMap<u16, Pending>,
+    done: Vec<Completion>,
+}
+
+/// Per-queue counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    pub kicks: u64,
+    pub kicks_suppressed: u64,
+    pub in_flight: usize,
+    pub free_descriptors: usize,
+}
+
+/// A virtio-scsi device driven over vhost-user. All methods take `&self`
+/// (every queue has its own lock), so `Arc<ScsiFrontend>` can be shared by
+/// one thread per request queue.
+pub struct ScsiFrontend {
+    cfg: FrontendConfig,
+    conn: Connection,
+    mem: GuestMem,
+    alloc: Mutex<BufferAllocator>,
+    queues: Vec<Mutex<QueueState>>,
+    /// Duplicates of the call eventfds, to sleep on without a queue lock.
+    calls: Vec<vmm_sys_util::eventfd::EventFd>,
+    next_tag: AtomicU64,
+    indirect_default: bool,
+}
+
+fn align_up(x: u64, a: u64) -> u64 {
+    x.div_ceil(a) * a
+}
+
+impl ScsiFrontend {
+    /// Create guest memory, connect, negotiate and start every queue, and
+    /// put `event_buffers` buffers on the event queue.
+    pub fn connect(cfg: &FrontendConfig) -> Result<Self> {
+        let mem = GuestMem::new(cfg.mem_size, cfg.mem_base, cfg.mmap_offset)?;
+        let mut conn = Connection::open(cfg)?;
+        let acked = conn.set_features(cfg)?;
+        conn.set_mem_table(&mem)?;
+        let nq = usize::from(cfg.request_queues) + 2;
+        let stride = align_up(RingLayout::new(cfg.queue_size).total, 4096);
+        let rings = stride * nq as u64;
+        if rings >= cfg.mem_size as u64 / 2 {
+            return Err(Error::Config(format!(
+                "{nq} rings of {} entries need {rings} bytes, too many for {} bytes of memory",
+                cfg.queue_size, cfg.mem_size
+            )));
+        }
+        let event_idx = acked & VIRTIO_RING_F_EVENT_IDX != 0;
+        let mut queues = Vec::with_capacity(nq);
+        let mut calls = Vec::with_capacity(nq);
+        for i in 0..nq {
+            let q = SplitQueue::new(
+                &mem,
+                i,
+                cfg.queue_size,
+                cfg.mem_base + stride * i as u64,
+                event_idx,
+                cfg.always_kick,
+            )?;
+            conn.setup_queue(&mem, &q)?;
+            calls.push(q.call_fd().try_clone().map_err(super::io_err("dup"))?);
+            queues.push(Mutex::new(QueueState {
+                vq: q,
+                pending: HashMap::new(),
+                done: Vec::new(),
+            }));
+        }
+        let dev = ScsiFrontend {
+            alloc: Mutex::new(BufferAllocator::new(
+                cfg.mem_base + rings,
+                cfg.mem_size as u64 - rings,
+            )),
+            cfg: cfg.clone(),
+            conn,
+            mem,
+            queues,
+            calls,
+            next_tag: AtomicU64::new(1),
+            indirect_default: cfg.indirect && acked & VIRTIO_RING_F_INDIRECT_DESC != 0,
+        };
+        for _ in 0..cfg.event_buffers.min(cfg.queue_size) {
+            dev.post_event_buffer()?;
+        }
+        Ok(dev)
+    }
+
+    /// Guest memory (to inspect or to place buffers for raw descriptors).
+    pub fn mem(&self) -> &GuestMem {
+        &self.mem
+    }
+
+    /// The negotiated connection (features).
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    pub fn config(&self) -> &FrontendConfig {
+        &self.cfg
+    }
+
+    pub fn num_request_queues(&self) -> usize {
+        self.queues.len() - 2
+    }
+
+    pub fn stats(&self, vq: usize) -> Result<QueueStats> {
+        let q = self.lock(vq)?;
+        Ok(QueueStats {
+            kicks: q.vq.kicks,
+            kicks_suppressed: q.vq.kicks_suppressed,
+            in_flight: q.vq.in_flight(),
+            free_descriptors: q.vq.free_descriptors(),
+        })
+    }
+
+    /// Free bytes in the buffer allocator.
+    pub fn free_memory(&self) -> u64 {
+        self.alloc_lock().free_bytes()
+    }
+
+    fn lock(&self, vq: usize) -> Result<MutexGuard<'_, QueueState>> {
+        let q = self.queues.get(vq).ok_or(Error::NoSuchQueue(vq))?;
+        Ok(q.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn alloc_lock(&self) -> MutexGuard<'_, BufferAllocator> {
+        self.alloc.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn new_tag(&self) -> u64 {
+        self.next_tag.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn request_vq(&self, queue: usize) -> Result<usize> {
+        if queue < self.num_request_queues() {
+            Ok(queue + FIRST_REQUEST_QUEUE)
+        } else {
+            Err(Error::NoSuchQueue(queue + FIRST_REQUEST_QUEUE))
+        }
+    }
+
+    fn alloc(&self, len: usize, align: u64, allocs: &mut Vec<(u64, u64)>) -> Result<u64> {
+        let a = self
+            .alloc_lock()
+            .alloc(len as u64, align)
+            .ok_or(Error::OutOfMemory(len))?;
+        allocs.push((a, len as u64));
+        Ok(a)
+    }
+
+    fn free_allocs(&self, allocs: &[(u64, u64)]) {
+        let mut a = self.alloc_lock();
+        for &(addr, len) in allocs {
+            a.free(addr, len);
+        }
+    }
+
+    /// Allocate a buffer holding `data` (zeroes if `data` is None, `len` bytes).
+    fn buffer(
+        &self,
+        data: Option<&[u8]>,
+        len: usize,
+        align: u64,
+        allocs: &mut Vec<(u64, u64)>,
+    ) -> Result<u64> {
+        let a = self.alloc(len, align, allocs)?;
+        match data {
+            Some(d) => self.mem.write(a, d)?,
+            None => self.mem.write(a, &vec![0; len])?,
+        }
+        Ok(a)
+    }
+
+    /// Put a chain on `vq`, publish and kick. `allocs` is freed on error.
+    fn push(
+        &self,
+        vq: usize,
+        tag: u64,
+        segs: Vec<Seg>,
+        indirect: bool,
+        kind: Kind,
+        mut allocs: Vec<(u64, u64)>,
+    ) -> Result<u64> {
+        let r = (|| {
+            let table = if indirect {
+                Some(self.alloc(16 * segs.len().max(1), 16, &mut allocs)?)
+            } else {
+                None
+            };
+            let mut q = self.lock(vq)?;
+            let head = match table {
+                Some(t) => q.vq.add_indirect(&self.mem, t, &segs)?,
+                None => q.vq.add_chain(&self.mem, &segs)?,
+            };
+            q.pending.insert(
+                head,
+                Pending {
+                    tag,
+                    kind,
+                    allocs: std::mem::take(&mut allocs),
+                },
+            );
+            q.vq.notify(&self.mem)?;
+            Ok(tag)
+        })();
+        if r.is_err() {
+            self.free_allocs(&allocs);
+        }
+        r
+    }
+
+    /// Submit a command on request queue `queue` (0-based) without waiting.
+    /// Returns the frontend tag that identifies its [`Completion`].
+    pub fn submit(&self, queue: usize, req: &ScsiRequest) -> Result<u64> {
+        let vq = self.request_vq(queue)?;
+        if req.cdb.len() > CDB_SIZE {
+            return Err(Error::Config(format!("CDB of {} bytes", req.cdb.len())));
+        }
+        let mut cdb = [0u8; CDB_SIZE];
+        cdb[..req.cdb.len()].copy_from_slice(&req.cdb);
+        let tag = self.new_tag();
+        let hdr = CmdReqHeader {
+            lun: req.lun,
+            tag: req.tag.unwrap_or(tag),
+            task_attr: req.task_attr,
+            prio: req.prio,
+            crn: req.crn,
+            cdb,
+        };
+        let mut allocs = Vec::new();
+        let built = self.build_scsi(&hdr, req, &mut allocs);
+        let (segs, kind) = match built {
+            Ok(x) => x,
+            Err(e) => {
+                self.free_allocs(&allocs);
+                return Err(e);
+            }
+        };
+        let indirect = req.indirect.unwrap_or(self.indirect_default);
+        self.push(vq, tag, segs, indirect, kind, allocs)
+    }
+
+    fn build_scsi(
+        &self,
+        hdr: &CmdReqHeader,
+        req: &ScsiRequest,
+        allocs: &mut Vec<(u64, u64)>,
+    ) -> Result<(Vec<Seg>, Kind)> {
+        let out_len = req.data_out.len();
+        let in_len = req.data_in_len as usize;
+        let resp_zero = [0u8; RESP_HDR];
+        match req.split {
+            Split::Merged => {
+                // The header ends where the 4096-aligned data begins.
+                let ob = self.alloc(4096 + out_len, DATA_ALIGN, allocs)?;
+                let hdr_at = ob + 4096 - REQ_HDR as u64;
+                self.mem.write(hdr_at, hdr.as_slice())?;
+                self.mem.write(ob + 4096, &req.data_out)?;
+                let ib = self.alloc(4096 + in_len, DATA_ALIGN, allocs)?;
+                let resp = ib + 4096 - RESP_HDR as u64;
+                self.mem.write(resp, &resp_zero)?;
+                self.mem.write(ib + 4096, &vec![0; in_len])?;
+                let segs = vec![
+                    Seg {
+                        addr: hdr_at,
+                        len: (REQ_HDR + out_len) as u32,
+                        write: false,
+                    },
+                    Seg {
+                        addr: resp,
+                        len: (RESP_HDR + in_len) as u32,
+                        write: true,
+                    },
+                ];
+                Ok((
+                    segs,
+                    Kind::Scsi {
+                        resp,
+                        data_in: ib + 4096,
+                        data_in_len: req.data_in_len,
+                    },
+                ))
+            }
+            Split::Linux | Split::Pieces(_) => {
+                let mut segs = Vec::new();
+                let h = self.buffer(Some(hdr.as_slice()), REQ_HDR, 64, allocs)?;
+                segs.push((h, REQ_HDR, false));
+                if out_len > 0 {
+                    let d = self.buffer(Some(&req.data_out), out_len, DATA_ALIGN, allocs)?;
+                    segs.push((d, out_len, false));
+                }
+                let resp = self.buffer(None, RESP_HDR, 64, allocs)?;
+                segs.push((resp, RESP_HDR, true));
+                let mut data_in = 0;
+                if in_len > 0 {
+                    data_in = self.buffer(None, in_len, DATA_ALIGN, allocs)?;
+                    segs.push((data_in, in_len, true));
+                }
+                let piece = match req.split {
+                    Split::Pieces(n) => n.max(1) as usize,
+                    _ => usize::MAX,
+                };
+                let mut out = Vec::new();
+                for (addr, len, write) in segs {
+                    let mut off = 0;
+                    while off < len {
+                        let n = piece.min(len - off);
+                        out.push(Seg {
+                            addr: addr + off as u64,
+                            len: n as u32,
+                            write,
+                        });
+                        off += n;
+                    }
+                }
+                Ok((
+                    out,
+                    Kind::Scsi {
+                        resp,
+                        data_in,
+                        data_in_len: req.data_in_len,
+                    },
+                ))
+            }
+        }
+    }
+
+    /// Submit and wait (config timeout) for one command.
+    pub fn execute(&self, queue: usize, req: &ScsiRequest) -> Result<ScsiResponse> {
+        let vq = self.request_vq(queue)?;
+        let tag = self.submit(queue, req)?;
+        match self.wait_tag(vq, tag, self.cfg.timeout)?.outcome {
+            Outcome::Scsi(r) => Ok(r),
+            _ => Err(Error::BadUsedRing {
+                queue: vq,
+                what: "completion of another kind".into(),
+            }),
+        }
+    }
+
+    /// A blocking command to target 0 `lun` on request queue `queue`.
+    pub fn command(
+        &self,
+        queue: usize,
+        lun: u16,
+        cdb: &[u8],
+        dir: DataDir<'_>,
+    ) -> Result<ScsiResponse> {
+        self.execute(queue, &ScsiRequest::new(lun, cdb, dir))
+    }
+
+    /// Reap completions of request queue `queue` into `out`: waits up to
+    /// `timeout` for at least one. Returns how many were added (0 on timeout).
+    pub fn wait_completions(
+        &self,
+        queue: usize,
+        out: &mut Vec<Completion>,
+        timeout: Duration,
+    ) -> Result<usize> {
+        self.wait_vq(self.request_vq(queue)?, out, timeout)
+    }
+
+    /// As [`ScsiFrontend::wait_completions`] for any vhost-user queue index.
+    pub fn wait_vq(
+        &self,
+        vq: usize,
+        out: &mut Vec<Completion>,
+        timeout: Duration,
+    ) -> Result<usize> {
+        self.wait_inner(vq, timeout, |done| {
+            let n = done.len();
+            out.append(done);
+            n
+        })
+    }
+
+    /// Wait for the completion of `tag` on vhost-user queue `vq` (others
+    /// reaped meanwhile stay queued for `wait_*`).
+    pub fn wait_tag(&self, vq: usize, tag: u64, timeout: Duration) -> Result<Completion> {
+        let mut got = None;
+        self.wait_inner(vq, timeout, |done| {
+            if let Some(i) = done.iter().position(|c| c.tag == tag) {
+                got = Some(done.remove(i));
+                1
+            } else {
+                0
+            }
+        })?;
+        got.ok_or(Error::Timeout { queue: vq, timeout })
+    }
+
+    fn wait_inner(
+        &self,
+        vq: usize,
+        timeout: Duration,
+        mut take: impl FnMut(&mut Vec<Completion>) -> usize,
+    ) -> Result<usize> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut q = self.lock(vq)?;
+            self.reap(&mut q)?;
+            let n = take(&mut q.done);
+            if n > 0 {
+                return Ok(n);
+            }
+            if q.vq.arm(&self.mem)? {
+                continue;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(0);
+            }
+            // Sleep without the lock so other threads can submit; in slices
+            // in case another waiter consumed the eventfd.
+            drop(q);
+            let call = &self.calls[vq];
+            if super::vring::poll_in(call, (deadline - now).min(POLL_SLICE))? {
+                // Nonblocking: EAGAIN when another waiter consumed it.
+                let _ = call.read();
+            }
+        }
+    }
+
+    fn reap(&self, q: &mut QueueState) -> Result<()> {
+        while let Some(used) = q.vq.pop_used(&self.mem)? {
+            let c = self.complete(q, used)?;
+            q.done.push(c);
+        }
+        Ok(())
+    }
+
+    fn complete(&self, q: &mut QueueState, used: Used) -> Result<Completion> {
+        let vq = q.vq.index;
+        let p = q
+            .pending
+            .remove(&used.id)
+            .ok_or_else(|| Error::BadUsedRing {
+                queue: vq,
+                what: format!("no request for head {}", used.id),
+            })?;
+        let outcome = (|| -> Result<Outcome> {
+            Ok(match &p.kind {
+                Kind::Scsi {
+                    resp,
+                    data_in,
+                    data_in_len,
+                } => {
+                    let h: CmdRespHeader = self
+                        .mem
+                        .mem()
+                        .read_obj(GuestAddress(*resp))
+                        .map_err(|e| Error::Memory(format!("response header: {e}")))?;
+                    let sense = h.sense;
+                    let sense_len = h.sense_len;
+                    let data = if *data_in_len > 0 {
+                        self.mem.read_vec(*data_in, *data_in_len as usize)?
+                    } else {
+                        Vec::new()
+                    };
+                    Outcome::Scsi(ScsiResponse {
+                        response: h.response,
+                        status: h.status,
+                        status_qualifier: h.status_qualifier,
+                        sense_len,
+                        sense: sense[..(sense_len as usize).min(SENSE_SIZE)].to_vec(),
+                        resid: h.resid,
+                        data,
+                        used_len: used.len,
+                    })
+                }
+                Kind::Raw { writable } => Outcome::Raw(RawCompletion {
+                    used_len: used.len,
+                    written: writable
+                        .iter()
+                        .map(|&(a, l)| self.mem.read_vec(a, l as usize))
+                        .collect::<Result<_>>()?,
+                }),
+                Kind::Event { buf } => Outcome::Event(
+                    self.mem
+                        .mem()
+                        .read_obj(GuestAddress(*buf))
+                        .map_err(|e| Error::Memory(format!("event: {e}")))?,
+                ),
+            })
+        })();
+        self.free_allocs(&p.allocs);
+        Ok(Completion {
+            tag: p.tag,
+            vq,
+            used_len: used.len,
+            outcome: outcome?,
+        })
+    }
+
+    /// Submit a chain of arbitrary parts on vhost-user queue `vq` (0
+    /// control, 1 event, 2.. requests), direct or in an indirect table.
+    pub fn submit_raw(&self, vq: usize, parts: &[ChainPart], indirect: bool) -> Result<u64> {
+        if vq >= self.queues.len() {
+            return Err(Error::NoSuchQueue(vq));
+        }
+        let mut allocs = Vec::new();
+        let mut segs = Vec::new();
+        let mut writable = Vec::new();
+        let r = (|| {
+            for p in parts {
+                match p {
+                    ChainPart::Out(d) => {
+                        let a = self.buffer(Some(d), d.len(), 16, &mut allocs)?;
+                        segs.push(Seg {
+                            addr: a,
+                            len: d.len() as u32,
+                            write: false,
+                        });
+                    }
+                    ChainPart::In(n) => {
+                        let a = self.buffer(None, *n as usize, 16, &mut allocs)?;
+                        writable.push((a, *n));
+                        segs.push(Seg {
+                            addr: a,
+                            len: *n,
+                            write: true,
+                        });
+                    }
+                    ChainPart::Raw { addr, len, write } => segs.push(Seg {
+                        addr: *addr,
+                        len: *len,
+                        write: *write,
+                    }),
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = r {
+            self.free_allocs(&allocs);
+            return Err(e);
+        }
+        self.push(
+            vq,
+            self.new_tag(),
+            segs,
+            indirect,
+            Kind::Raw { writable },
+            allocs,
+        )
+    }
+
+    /// Submit raw parts (direct descriptors) and wait for the completion.
+    pub fn raw_chain(&self, vq: usize, parts: &[ChainPart]) -> Result<RawCompletion> {
+        let tag = self.submit_raw(vq, parts, false)?;
+        self.wait_raw(vq, tag)
+    }
+
+    /// As [`ScsiFrontend::raw_chain`], with the chain in an indirect table.
+    pub fn raw_chain_indirect(&self, vq: usize, parts: &[ChainPart]) -> Result<RawCompletion> {
+        let tag = self.submit_raw(vq, parts, true)?;
+        self.wait_raw(vq, tag)
+    }
+
+    /// Write arbitrary descriptors (any flags; `next` indexes into `descs`
+    /// and is translated to real ids, out-of-range values are written as
+    /// is) and publish `descs[0]` as a head. Nothing is read back.
+    pub fn submit_descriptors(&self, vq: usize, descs: &[Desc]) -> Result<u64> {
+        let mut q = self.lock(vq)?;
+        let head = q.vq.add_raw(&self.mem, descs)?;
+        let tag = self.new_tag();
+        q.pending.insert(
+            head,
+            Pending {
+                tag,
+                kind: Kind::Raw {
+                    writable: Vec::new(),
+                },
+                allocs: Vec::new(),
+            },
+        );
+        q.vq.notify(&self.mem)?;
+        Ok(tag)
+    }
+
+    fn wait_raw(&self, vq: usize, tag: u64) -> Result<RawCompletion> {
+        match self.wait_tag(vq, tag, self.cfg.timeout)?.outcome {
+            Outcome::Raw(r) => Ok(r),
+            _ => Err(Error::BadUsedRing {
+                queue: vq,
+                what: "completion of another kind".into(),
+            }),
+        }
+    }
+
+    fn control(&self, req: &[u8], resp_len: u32) -> Result<Vec<u8>> {
+        let r = self.raw_chain(
+            CONTROL_QUEUE,
+            &[ChainPart::Out(req.to_vec()), ChainPart::In(resp_len)],
+        )?;
+        r.written.into_iter().next().ok_or(Error::BadUsedRing {
+            queue: CONTROL_QUEUE,
+            what: "no response buffer".into(),
+        })
+    }
+
+    /// A task management function (`T_TMF_*` subtype) for target 0 `lun`
+    /// and task `tag`; returns the response code.
+    pub fn tmf(&self, lun: u16, subtype: u32, tag: u64) -> Result<u8> {
+        let req = CtrlTmfReq {
+            type_: T_TMF,
+            subtype,
+            lun: encode_lun(0, lun),
+            tag,
+        };
+        Ok(self.control(req.as_slice(), 1)?[0])
+    }
+
+    fn an(&self, type_: u32, lun: u16, events: u32) -> Result<(u32, u8)> {
+        let req = CtrlAnReq {
+            type_,
+            lun: encode_lun(0, lun),
+            event_requested: events,
+        };
+        let r = self.control(req.as_slice(), 5)?;
+        Ok((u32::from_le_bytes([r[0], r[1], r[2], r[3]]), r[4]))
+    }
+
+    /// Asynchronous notification query: returns (event_actual, response).
+    pub fn an_query(&self, lun: u16, events: u32) -> Result<(u32, u8)> {
+        self.an(T_AN_QUERY, lun, events)
+    }
+
+    /// Asynchronous notification subscribe: returns (event_actual, response).
+    pub fn an_subscribe(&self, lun: u16, events: u32) -> Result<(u32, u8)> {
+        self.an(T_AN_SUBSCRIBE, lun, events)
+    }
+
+    fn post_event_buffer(&self) -> Result<()> {
+        let mut allocs = Vec::new();
+        let buf = self.buffer(None, std::mem::size_of::<Event>(), 16, &mut allocs)?;
+        let seg = Seg {
+            addr: buf,
+            len: std::mem::size_of::<Event>() as u32,
+            write: true,
+        };
+        self.push(
+            EVENT_QUEUE,
+            self.new_tag(),
+            vec![seg],
+            false,
+            Kind::Event { buf },
+            allocs,
+        )?;
+        Ok(())
+    }
+
+    /// Wait up to `timeout` for events; every consumed buffer is replaced.
+    pub fn poll_events(&self, timeout: Duration) -> Result<Vec<Event>> {
+        let mut out = Vec::new();
+        self.wait_vq(EVENT_QUEUE, &mut out, timeout)?;
+        let mut events = Vec::new();
+        for c in out {
+            if let Outcome::Event(e) = c.outcome {
+                events.push(e);
+                self.post_event_buffer()?;
+            }
+        }
+        Ok(events)
+    }
+
+    /// Stop every ring with GET_VRING_BASE (the backend stops processing
+    /// it) and close the connection. Returns the bases (next avail index
+    /// the backend would resume at) of all queues, in queue order.
+    pub fn shutdown(mut self) -> Result<Vec<u32>> {
+        let mut bases = Vec::with_capacity(self.queues.len());
+        for i in 0..self.queues.len() {
+            bases.push(self.conn.stop_queue(i)?);
+        }
+        Ok(bases)
+    }
+
+    /// Avail index published so far on vhost-user queue `vq`.
+    pub fn avail_idx(&self, vq: usize) -> Result<u16> {
+        Ok(self.lock(vq)?.vq.avail_idx())
+    }
+}

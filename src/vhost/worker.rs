@@ -31,8 +31,6 @@ const RESP_LEN: u32 = std::mem::size_of::<CmdRespHeader>() as u32;
 /// is not a configured LUN, so only REPORT LUNS, INQUIRY and REQUEST SENSE
 /// answer there.
 const WELL_KNOWN_LUN: u16 = u16::MAX;
-/// Most iovecs one readv/writev may carry (IOV_MAX).
-const MAX_IOVECS: usize = 1024;
 
 /// A request waiting for its io_uring completion.
 struct InFlight {
@@ -322,16 +320,6 @@ impl RequestWorker {
                 let mut iovecs: Vec<IoVec> = Vec::new();
                 if let Err(e) = buf.iovecs(&mem, len, &mut iovecs) {
                     warn_limited!(self.log, queue = self.index, error = %e, "bad data buffers");
-                    let used = write_response(&mem, &req.resp, S_FAILURE, Status::Good, None, 0);
-                    return self.add_used(state, head, used);
-                }
-                if iovecs.len() > MAX_IOVECS {
-                    warn_limited!(
-                        self.log,
-                        queue = self.index,
-                        n = iovecs.len(),
-                        "too many data segments"
-                    );
                     let used = write_response(&mem, &req.resp, S_FAILURE, Status::Good, None, 0);
                     return self.add_used(state, head, used);
                 }

@@ -1,0 +1,131 @@
+//! Shared helpers for host integration tests: start the daemon on temp
+//! images and connect the frontend.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vhost_user_scsi::frontend::{FrontendConfig, ScsiFrontend};
+
+/// A running daemon; killed (SIGTERM, then SIGKILL) on drop.
+pub struct Daemon {
+    pub child: Option<Child>,
+    pub socket: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+/// Create a file of `len` bytes in `dir`.
+pub fn image(dir: &Path, name: &str, len: u64) -> PathBuf {
+    let p = dir.join(name);
+    let f = fs::File::create(&p).unwrap();
+    f.set_len(len).unwrap();
+    p
+}
+
+impl Daemon {
+    /// Start `serve` with `disks` (specs, relative names resolved in the
+    /// temp dir after `setup` created them) and extra args.
+    pub fn start(setup: impl FnOnce(&Path) -> Vec<String>, extra: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let disks = setup(dir.path());
+        let socket = dir.path().join("vus.sock");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vhost-user-scsi"));
+        cmd.arg("serve").arg("--socket").arg(&socket);
+        for d in &disks {
+            cmd.arg("--disk").arg(d);
+        }
+        cmd.args(extra);
+        let log = fs::File::create(dir.path().join("daemon.log")).unwrap();
+        cmd.stderr(Stdio::from(log)).env("RUST_LOG", "debug");
+        let mut child = cmd.spawn().unwrap();
+        let start = Instant::now();
+        while !socket.exists() {
+            if let Some(st) = child.try_wait().unwrap() {
+                panic!(
+                    "daemon exited early ({st}): {}",
+                    fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default()
+                );
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "no socket");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Daemon {
+            child: Some(child),
+            socket,
+            dir,
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.path("daemon.log")).unwrap_or_default()
+    }
+
+    pub fn connect(&self, request_queues: u16) -> ScsiFrontend {
+        let mut cfg = FrontendConfig::new(&self.socket);
+        cfg.request_queues = request_queues;
+        cfg.timeout = Duration::from_secs(20);
+        ScsiFrontend::connect(&cfg).unwrap_or_else(|e| panic!("connect: {e}\n{}", self.log()))
+    }
+
+    pub fn config(&self) -> FrontendConfig {
+        let mut cfg = FrontendConfig::new(&self.socket);
+        cfg.timeout = Duration::from_secs(20);
+        cfg
+    }
+
+    /// True while the daemon process runs.
+    pub fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .map(|c| c.try_wait().unwrap().is_none())
+            .unwrap_or(false)
+    }
+
+    /// SIGTERM and wait; returns the exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let start = Instant::now();
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st.code();
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("daemon did not exit on SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A deterministic pattern for block `lba` of generation `gen`.
+pub fn pattern(lba: u64, gen: u8, len: usize) -> Vec<u8> {
+    let mut x = lba.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ u64::from(gen);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}

@@ -17,20 +17,40 @@ fn minimal_cdb(cmd: &Command) -> Vec<u8> {
     if cmd.opcode == 0x1a || cmd.opcode == 0x5a {
         c[2] = 0x3f; // MODE SENSE: all pages (page 00h is vendor specific)
     }
+    match cmd.opcode {
+        0x15 | 0x55 => c[1] = 0x10, // MODE SELECT: PF=1
+        0x41 => c[8] = 1,           // WRITE SAME(10): one block
+        0x93 => c[13] = 1,          // WRITE SAME(16): one block
+        0x5f => {
+            c[2] = 0x01; // PR OUT: TYPE Write Exclusive
+            c[8] = 24; // PARAMETER LIST LENGTH
+        }
+        _ => {}
+    }
     c
 }
+
+/// Data-out for the minimal CDBs: zeros, enough for any of them.
+const ZEROS: [u8; 8192] = [0; 8192];
 
 #[test]
 fn every_table_entry_dispatches() {
     let t = target();
     for cmd in COMMANDS {
         let c = minimal_cdb(cmd);
+        let exec = |t: &Target, lun, c: &[u8]| exec_data(t, 0, lun, c, &ZEROS);
         match exec(&t, 0, &c) {
             Outcome::Complete {
                 status: Status::Good,
                 ..
             }
-            | Outcome::Flush => {}
+            | Outcome::Flush
+            | Outcome::WriteSame { .. } => {}
+            // PR OUT RESERVE/RELEASE/PREEMPT from an unregistered nexus.
+            Outcome::Complete {
+                status: Status::ReservationConflict,
+                ..
+            } if cmd.opcode == 0x5f => {}
             // READ/WRITE(6): length 0 means 256 blocks.
             Outcome::Io(io) => assert_eq!(io.blocks.0, 256, "{}", cmd.name),
             other => panic!("{}: {other:?}", cmd.name),

@@ -148,3 +148,6 @@ fn new_rejects_bad_configs() {
     assert_eq!(target().lun_numbers(), vec![0, 5, 300]);
     assert!(Target::new(vec![]).unwrap().lun_numbers().is_empty());
 }
+
+mod mode_select;
+mod rsoc;

@@ -151,3 +151,5 @@ fn new_rejects_bad_configs() {
 
 mod mode_select;
 mod rsoc;
+mod provisioning;
+mod ua;

@@ -133,6 +133,9 @@ mod tests {
         assert_eq!(d.len(), 8 + 16);
         assert_eq!(&d[0..4], &20u32.to_be_bytes());
         assert_eq!(lba_status_data(Lba(0), &e, 4), vec![0, 0, 0, 4]);
-        assert_eq!(lba_status_data(Lba(5), &e, 100), vec![0, 0, 0, 4, 0, 0, 0, 0]);
+        assert_eq!(
+            lba_status_data(Lba(5), &e, 100),
+            vec![0, 0, 0, 4, 0, 0, 0, 0]
+        );
     }
 }

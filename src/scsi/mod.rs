@@ -159,7 +159,11 @@ pub enum Outcome {
     /// GET LBA STATUS (SBC-4 5.7): query the backing's allocation map from
     /// `start` and complete with GOOD and
     /// `lba_status_data(start, extents, alloc_len)` as data-in.
-    GetLbaStatus { lun: u16, start: Lba, alloc_len: u32 },
+    GetLbaStatus {
+        lun: u16,
+        start: Lba,
+        alloc_len: u32,
+    },
 }
 
 /// An I_T nexus: the transport gives one per vhost-user controller

@@ -126,10 +126,7 @@ fn mode_select(ctx: &Ctx<'_>, form: Form, list_len: usize) -> Result<Outcome, Se
             return Err(bad_param(off + 1, None));
         }
         for (i, (got, cur)) in page.iter().zip(&current).enumerate().skip(2) {
-            let changeable = mask
-                .iter()
-                .find(|(b, _)| *b == i)
-                .map_or(0, |(_, m)| *m);
+            let changeable = mask.iter().find(|(b, _)| *b == i).map_or(0, |(_, m)| *m);
             let diff = (got ^ cur) & !changeable;
             if diff != 0 {
                 return Err(bad_param(off + i, Some(msb(diff))));
@@ -160,12 +157,26 @@ fn check_descriptor(
     let bs = u64::from(lu.cfg.block_size.bytes());
     let cap = lu.capacity().0;
     let (blocks, cur_blocks, len_off, len, reserved) = if long {
-        let reserved: Vec<(usize, u8)> = (8..12).map(|i| Ok((off + i, p.u8(off + i)?))).collect::<Result<_, Sense>>()?;
-        (p.be64(off)?, cap, off + 12, u64::from(p.be32(off + 12)?), reserved)
+        let reserved: Vec<(usize, u8)> = (8..12)
+            .map(|i| Ok((off + i, p.u8(off + i)?)))
+            .collect::<Result<_, Sense>>()?;
+        (
+            p.be64(off)?,
+            cap,
+            off + 12,
+            u64::from(p.be32(off + 12)?),
+            reserved,
+        )
     } else {
         let len = u64::from(p.be32(off + 4)? & 0x00ff_ffff);
         let capped = cap.min(u64::from(u32::MAX));
-        (u64::from(p.be32(off)?), capped, off + 5, len, vec![(off + 4, p.u8(off + 4)?)])
+        (
+            u64::from(p.be32(off)?),
+            capped,
+            off + 5,
+            len,
+            vec![(off + 4, p.u8(off + 4)?)],
+        )
     };
     if blocks != 0 && blocks != cur_blocks {
         return Err(bad_param(off, None));

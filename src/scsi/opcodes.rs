@@ -141,8 +141,15 @@ macro_rules! cmd {
 /// LENGTH bytes 7-8.
 macro_rules! pr_in {
     ($sa:expr, $name:expr) => {
-        cmd!(0x5e, Some($sa), $name, false, Persistent, pr::pr_in,
-            [0x1f, 0, 0, 0, 0, 0, 0xff, 0xff, CTL])
+        cmd!(
+            0x5e,
+            Some($sa),
+            $name,
+            false,
+            Persistent,
+            pr::pr_in,
+            [0x1f, 0, 0, 0, 0, 0, 0xff, 0xff, CTL]
+        )
     };
 }
 
@@ -150,8 +157,15 @@ macro_rules! pr_in {
 /// TYPE byte 2, PARAMETER LIST LENGTH bytes 5-8.
 macro_rules! pr_out {
     ($sa:expr, $name:expr) => {
-        cmd!(0x5f, Some($sa), $name, false, Persistent, pr::pr_out,
-            [0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, CTL])
+        cmd!(
+            0x5f,
+            Some($sa),
+            $name,
+            false,
+            Persistent,
+            pr::pr_out,
+            [0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, CTL]
+        )
     };
 }
 

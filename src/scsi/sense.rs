@@ -217,7 +217,8 @@ impl Sense {
 /// VERIFY). Offsets above 4 GiB (never produced: compared buffers are at
 /// most the MAXIMUM TRANSFER LENGTH) saturate.
 pub fn miscompare_sense(offset: u64) -> Sense {
-    Sense::new(SenseKey::Miscompare, 0x1d, 0x00).with_info(u32::try_from(offset).unwrap_or(u32::MAX))
+    Sense::new(SenseKey::Miscompare, 0x1d, 0x00)
+        .with_info(u32::try_from(offset).unwrap_or(u32::MAX))
 }
 
 /// Sense for a failed block I/O (errno positive or negative, as io_uring

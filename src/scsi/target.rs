@@ -123,10 +123,7 @@ impl Target {
 
     /// As [`Target::new`], with APTPL persistent reservations saved in and
     /// restored from `store` (keyed by `LunConfig::identity`).
-    pub fn with_pr_store(
-        luns: Vec<LunConfig>,
-        store: Arc<dyn PrStore>,
-    ) -> Result<Self, ScsiError> {
+    pub fn with_pr_store(luns: Vec<LunConfig>, store: Arc<dyn PrStore>) -> Result<Self, ScsiError> {
         Self::build(luns, Some(store))
     }
 

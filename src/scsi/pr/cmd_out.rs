@@ -74,7 +74,10 @@ pub fn pr_out(ctx: &Ctx<'_>) -> Result<Outcome, Sense> {
         return Err(bad_param(20, Some(2)));
     }
     if b20 & 0xf2 != 0 {
-        return Err(bad_param(20, Some(7u8.saturating_sub((b20 & 0xf2).leading_zeros() as u8))));
+        return Err(bad_param(
+            20,
+            Some(7u8.saturating_sub((b20 & 0xf2).leading_zeros() as u8)),
+        ));
     }
     let aptpl = b20 & 0x01 != 0;
     let store = ctx.target.pr_store();
@@ -91,9 +94,15 @@ pub fn pr_out(ctx: &Ctx<'_>) -> Result<Outcome, Sense> {
     let mut uas = Vec::new();
     let nexus = ctx.nexus;
     let res = match (sa, kind) {
-        (REGISTER | REGISTER_IGNORE, _) => {
-            register(&mut pr, nexus, rk, sark, sa == REGISTER_IGNORE, aptpl, &mut uas)
-        }
+        (REGISTER | REGISTER_IGNORE, _) => register(
+            &mut pr,
+            nexus,
+            rk,
+            sark,
+            sa == REGISTER_IGNORE,
+            aptpl,
+            &mut uas,
+        ),
         (RESERVE, Some(k)) => reserve(&mut pr, nexus, rk, k),
         (RELEASE, Some(k)) => release(&mut pr, nexus, rk, k, &mut uas)?,
         (CLEAR, _) => clear(&mut pr, nexus, rk, &mut uas),

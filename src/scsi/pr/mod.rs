@@ -202,8 +202,7 @@ pub fn conflicts(st: &LuState, nexus: NexusId, class: PrClass) -> bool {
     let Some(res) = st.pr.reservation else {
         return false;
     };
-    if st.pr.is_holder(nexus) || (res.kind.registrants_access() && st.pr.key_of(nexus).is_some())
-    {
+    if st.pr.is_holder(nexus) || (res.kind.registrants_access() && st.pr.key_of(nexus).is_some()) {
         return false;
     }
     match class {
@@ -269,10 +268,7 @@ mod tests {
         for len in 0..e.len() {
             assert_eq!(PrState::decode(&e[..len]), None, "{len}");
         }
-        let off = PrState {
-            aptpl: false,
-            ..s
-        };
+        let off = PrState { aptpl: false, ..s };
         assert_eq!(PrState::decode(&off.encode()), Some(PrState::default()));
     }
 }

@@ -118,7 +118,10 @@ fn vpd_block_limits() {
     assert_eq!(&d[6..8], &[0, 1]); // OPTIMAL TRANSFER LENGTH GRANULARITY
     assert_eq!(&d[8..12], &0u32.to_be_bytes());
     assert_eq!(&d[12..16], &256u32.to_be_bytes());
-    assert!(d[16..].iter().all(|&b| b == 0), "no unmap/write same limits");
+    assert!(
+        d[16..].iter().all(|&b| b == 0),
+        "no unmap/write same limits"
+    );
     // LUN 0: unmap limits, optimal unmap granularity 1.
     let d = good(exec(&t, 0, &inq(true, 0xb0, 255)));
     assert_eq!(&d[8..12], &2048u32.to_be_bytes());
@@ -127,7 +130,7 @@ fn vpd_block_limits() {
     assert_eq!(&d[28..32], &1u32.to_be_bytes());
     assert_eq!(&d[32..36], &[0; 4]); // UGAVALID 0
     assert_eq!(&d[36..44], &[0; 8]); // MAXIMUM WRITE SAME LENGTH: none
-    // Read-only LUN 5: no COMPARE AND WRITE.
+                                     // Read-only LUN 5: no COMPARE AND WRITE.
     let d = good(exec(&t, 5, &inq(true, 0xb0, 255)));
     assert_eq!(d[5], 0);
 }

@@ -150,6 +150,7 @@ fn new_rejects_bad_configs() {
 }
 
 mod mode_select;
-mod rsoc;
+mod pr;
 mod provisioning;
+mod rsoc;
 mod ua;

@@ -48,7 +48,10 @@ fn wce_round_trip_makes_writes_fua() {
     // Another nexus, settled.
     check(exec_data(&t, 9, 0, &[0; 6], &[]));
     let l = list6(None, &[caching(false)]);
-    assert_eq!(exec_data(&t, 0, 0, &msel6(0x10, l.len() as u8), &l), Outcome::good());
+    assert_eq!(
+        exec_data(&t, 0, 0, &msel6(0x10, l.len() as u8), &l),
+        Outcome::good()
+    );
     assert!(!wce_of(&t, 0));
     match exec(&t, 0, &write10(false)) {
         Outcome::Io(io) => assert!(io.fua),
@@ -63,7 +66,13 @@ fn wce_round_trip_makes_writes_fua() {
         Outcome::Io(io) => assert!(!io.fua),
         o => panic!("{o:?}"),
     }
-    match exec_data(&t, 0, 0, &cdb(16, &[0x93, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]), &[]) {
+    match exec_data(
+        &t,
+        0,
+        0,
+        &cdb(16, &[0x93, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
+        &[],
+    ) {
         Outcome::WriteSame { fua, .. } => assert!(fua),
         o => panic!("{o:?}"),
     }
@@ -72,7 +81,10 @@ fn wce_round_trip_makes_writes_fua() {
     l.extend_from_slice(&(2u64 * 1024 * 1024).to_be_bytes());
     l.extend_from_slice(&[0, 0, 0, 0, 0, 0, 2, 0]);
     l.extend(caching(true));
-    assert_eq!(exec_data(&t, 0, 0, &msel10(0x10, l.len() as u16), &l), Outcome::good());
+    assert_eq!(
+        exec_data(&t, 0, 0, &msel10(0x10, l.len() as u16), &l),
+        Outcome::good()
+    );
     assert!(wce_of(&t, 0));
     match exec(&t, 0, &write10(false)) {
         Outcome::Io(io) => assert!(!io.fua),
@@ -82,7 +94,10 @@ fn wce_round_trip_makes_writes_fua() {
     check(exec_data(&t, 9, 0, &[0; 6], &[]));
     assert_eq!(exec_data(&t, 9, 0, &[0; 6], &[]), Outcome::good());
     let l = list6(None, &[caching(true)]);
-    assert_eq!(exec_data(&t, 0, 0, &msel6(0x10, l.len() as u8), &l), Outcome::good());
+    assert_eq!(
+        exec_data(&t, 0, 0, &msel6(0x10, l.len() as u8), &l),
+        Outcome::good()
+    );
     assert_eq!(exec_data(&t, 9, 0, &[0; 6], &[]), Outcome::good());
     // Default stays WCE=1; LUN reset restores it.
     let l = list6(None, &[caching(false)]);
@@ -132,17 +147,23 @@ fn mode_select_errors() {
     param(with(13, 0x11), 13, None); // page length
     param(with(14, 0x05), 14, Some(0)); // RCD not changeable
     param(with(20, 0xff), 20, Some(7)); // other caching bytes
-    // Control page: must match.
+                                        // Control page: must match.
     let mut ctl = vec![0x0a, 0x0a, 0, 0x10, 0, 0, 0, 0, 0, 0, 0, 0];
     let l = list6(None, &[ctl.clone()]);
-    assert_eq!(exec_data(&t, 0, 0, &msel6(0x10, l.len() as u8), &l), Outcome::good());
+    assert_eq!(
+        exec_data(&t, 0, 0, &msel6(0x10, l.len() as u8), &l),
+        Outcome::good()
+    );
     ctl[2] = 0x04; // D_SENSE
     param(list6(None, &[ctl]), 6, Some(2));
     // Nothing changed by any failure above.
     assert!(wce_of(&t, 0));
     // Zero block count and length are accepted.
     let l = list6(Some([0; 8]), &[caching(true)]);
-    assert_eq!(exec_data(&t, 0, 0, &msel6(0x10, l.len() as u8), &l), Outcome::good());
+    assert_eq!(
+        exec_data(&t, 0, 0, &msel6(0x10, l.len() as u8), &l),
+        Outcome::good()
+    );
     // MODE SELECT(10) header checks.
     let mut l = vec![0, 0, 0, 0, 0x02, 0, 0, 0];
     l.extend(caching(true));

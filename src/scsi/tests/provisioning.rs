@@ -66,7 +66,9 @@ fn unmap() {
     l.extend_from_slice(&[0; 10]);
     l[3] += 10;
     l[1] += 10;
-    assert!(matches!(u(&unmap_cdb(0, l.len() as u16), &l), Outcome::Unmap { ranges } if ranges.len() == 1));
+    assert!(
+        matches!(u(&unmap_cdb(0, l.len() as u16), &l), Outcome::Unmap { ranges } if ranges.len() == 1)
+    );
     // Errors.
     let l = unmap_list(&[(0, 8)]);
     let n = l.len() as u16;
@@ -85,16 +87,28 @@ fn unmap() {
     let many = unmap_list(&[(0, 1); 65]);
     param_err(u(&unmap_cdb(0, many.len() as u16), &many), 2);
     let out = unmap_list(&[(0, 1), (2 * 1024 * 1024, 1)]);
-    sense_is(u(&unmap_cdb(0, out.len() as u16), &out), SenseKey::IllegalRequest, 0x21);
+    sense_is(
+        u(&unmap_cdb(0, out.len() as u16), &out),
+        SenseKey::IllegalRequest,
+        0x21,
+    );
     let ovf = unmap_list(&[(u64::MAX, 2)]);
     sense_is(u(&unmap_cdb(0, n), &ovf), SenseKey::IllegalRequest, 0x21);
     // No unmap support: INVALID COMMAND OPERATION CODE; read-only: 27h.
-    sense_is(exec_data(&t, 0, 300, &unmap_cdb(0, n), &l), SenseKey::IllegalRequest, 0x20);
+    sense_is(
+        exec_data(&t, 0, 300, &unmap_cdb(0, n), &l),
+        SenseKey::IllegalRequest,
+        0x20,
+    );
     let mut ro = cfg(1);
     ro.unmap = true;
     ro.readonly = true;
     let t2 = settled(Target::new(vec![ro]).unwrap());
-    sense_is(exec_data(&t2, 0, 1, &unmap_cdb(0, n), &l), SenseKey::DataProtect, 0x27);
+    sense_is(
+        exec_data(&t2, 0, 1, &unmap_cdb(0, n), &l),
+        SenseKey::DataProtect,
+        0x27,
+    );
 }
 
 fn ws10(b1: u8, lba: u32, n: u16) -> Vec<u8> {
@@ -142,15 +156,26 @@ fn write_same() {
     assert_invalid_field(e(&ws16(0x02, 0, 1)), 1, Some(1));
     assert_invalid_field(e(&ws10(0, 0, 0)), 7, None);
     assert_invalid_field(e(&ws16(0, 0, 0)), 10, None);
-    sense_is(e(&ws16(0, 2 * 1024 * 1024, 1)), SenseKey::IllegalRequest, 0x21);
+    sense_is(
+        e(&ws16(0, 2 * 1024 * 1024, 1)),
+        SenseKey::IllegalRequest,
+        0x21,
+    );
     sense_is(e(&ws16(0, u64::MAX, 2)), SenseKey::IllegalRequest, 0x21);
     len_err(exec_data(&t, 0, 0, &ws10(0, 0, 1), &block[..511]));
-    sense_is(exec_data(&t, 0, 5, &ws16(1, 0, 1), &[]), SenseKey::DataProtect, 0x27);
+    sense_is(
+        exec_data(&t, 0, 5, &ws16(1, 0, 1), &[]),
+        SenseKey::DataProtect,
+        0x27,
+    );
     // A WRITE SAME limit.
     let mut c = cfg(0);
     c.max_write_same_blocks = 8;
     let t2 = settled(Target::new(vec![c]).unwrap());
-    assert!(matches!(exec_data(&t2, 0, 0, &ws16(1, 0, 8), &[]), Outcome::WriteSame { .. }));
+    assert!(matches!(
+        exec_data(&t2, 0, 0, &ws16(1, 0, 8), &[]),
+        Outcome::WriteSame { .. }
+    ));
     assert_invalid_field(exec_data(&t2, 0, 0, &ws16(1, 0, 9), &[]), 10, None);
 }
 
@@ -175,37 +200,64 @@ fn verify_and_write_verify() {
     let e = |lun, c: &[u8], d: &[u8]| exec_data(&t, 0, lun, c, d);
     assert_eq!(
         e(0, &v10(0x2f, 0, 3, 2), &[]),
-        Outcome::Verify { range: range(3, 2, 512), expected: None }
+        Outcome::Verify {
+            range: range(3, 2, 512),
+            expected: None
+        }
     );
     assert_eq!(
         e(0, &v16(0x8f, 0x02, 3, 2), &data),
-        Outcome::Verify { range: range(3, 2, 512), expected: Some(data.clone()) }
+        Outcome::Verify {
+            range: range(3, 2, 512),
+            expected: Some(data.clone())
+        }
     );
     // BYTCHK 11b: one block, expanded.
     assert_eq!(
         e(0, &v10(0x2f, 0x06, 3, 2), &data),
-        Outcome::Verify { range: range(3, 2, 512), expected: Some(data[..512].repeat(2)) }
+        Outcome::Verify {
+            range: range(3, 2, 512),
+            expected: Some(data[..512].repeat(2))
+        }
     );
     assert_eq!(e(0, &v10(0x2f, 0x02, 3, 0), &[]), Outcome::good());
     assert_invalid_field(e(0, &v10(0x2f, 0x04, 3, 1), &data), 1, Some(2));
     assert_invalid_field(e(0, &v10(0x2f, 0x20, 3, 1), &data), 1, Some(7));
     assert_invalid_field(e(0, &v16(0x8f, 0, 0, 2049), &[]), 10, None);
-    sense_is(e(0, &v16(0x8f, 0, u64::MAX, 1), &[]), SenseKey::IllegalRequest, 0x21);
+    sense_is(
+        e(0, &v16(0x8f, 0, u64::MAX, 1), &[]),
+        SenseKey::IllegalRequest,
+        0x21,
+    );
     len_err(e(0, &v10(0x2f, 0x02, 3, 2), &data[..1000]));
     // Verify works on a read-only LUN.
-    assert!(matches!(e(5, &v10(0x2f, 0, 0, 1), &[]), Outcome::Verify { .. }));
+    assert!(matches!(
+        e(5, &v10(0x2f, 0, 0, 1), &[]),
+        Outcome::Verify { .. }
+    ));
     // WRITE AND VERIFY.
     assert_eq!(
         e(0, &v16(0x8e, 0x02, 3, 2), &data),
-        Outcome::WriteVerify { range: range(3, 2, 512), data: data.clone(), fua: false }
+        Outcome::WriteVerify {
+            range: range(3, 2, 512),
+            data: data.clone(),
+            fua: false
+        }
     );
-    assert!(matches!(e(0, &v10(0x2e, 0, 3, 2), &data), Outcome::WriteVerify { .. }));
+    assert!(matches!(
+        e(0, &v10(0x2e, 0, 3, 2), &data),
+        Outcome::WriteVerify { .. }
+    ));
     assert_eq!(e(0, &v10(0x2e, 0, 3, 0), &[]), Outcome::good());
     assert_invalid_field(e(0, &v10(0x2e, 0x04, 3, 1), &data), 1, Some(2));
     assert_invalid_field(e(0, &v10(0x2e, 0x06, 3, 1), &data), 1, Some(2));
     assert_invalid_field(e(0, &v10(0x2e, 0x40, 3, 1), &data), 1, Some(7));
     assert_invalid_field(e(0, &v10(0x2e, 0, 3, 2049), &data), 7, None);
-    sense_is(e(5, &v10(0x2e, 0, 0, 1), &data), SenseKey::DataProtect, 0x27);
+    sense_is(
+        e(5, &v10(0x2e, 0, 0, 1), &data),
+        SenseKey::DataProtect,
+        0x27,
+    );
     len_err(e(0, &v10(0x2e, 0, 3, 2), &data[..1023]));
 }
 
@@ -234,7 +286,11 @@ fn compare_and_write() {
     assert_invalid_field(e(0, &caw(0, 7, 2), &data), 13, None);
     assert_invalid_field(e(0, &caw(0x20, 7, 1), &data), 1, Some(7));
     assert_invalid_field(e(0, &caw(0x04, 7, 1), &data), 1, Some(2));
-    sense_is(e(0, &caw(0, 2 * 1024 * 1024, 1), &data), SenseKey::IllegalRequest, 0x21);
+    sense_is(
+        e(0, &caw(0, 2 * 1024 * 1024, 1), &data),
+        SenseKey::IllegalRequest,
+        0x21,
+    );
     sense_is(e(5, &caw(0, 0, 1), &data), SenseKey::DataProtect, 0x27);
     len_err(e(0, &caw(0, 7, 1), &data[..1000]));
     let m = miscompare_sense(37);
@@ -255,10 +311,18 @@ fn get_lba_status() {
     let t = target();
     assert_eq!(
         exec(&t, 0, &gls(5, 100, 0)),
-        Outcome::GetLbaStatus { lun: 0, start: Lba(5), alloc_len: 100 }
+        Outcome::GetLbaStatus {
+            lun: 0,
+            start: Lba(5),
+            alloc_len: 100
+        }
     );
     assert_eq!(exec(&t, 0, &gls(5, 0, 0)), Outcome::good());
-    sense_is(exec(&t, 0, &gls(2 * 1024 * 1024, 100, 0)), SenseKey::IllegalRequest, 0x21);
+    sense_is(
+        exec(&t, 0, &gls(2 * 1024 * 1024, 100, 0)),
+        SenseKey::IllegalRequest,
+        0x21,
+    );
     assert_invalid_field(exec(&t, 0, &gls(0, 100, 1)), 14, Some(1));
     // No unmap: answered directly, all mapped.
     let d = good(exec(&t, 5, &gls(10, 100, 0)));

@@ -238,7 +238,11 @@ fn fuzz_never_panics() {
             if pattern == 5 {
                 // A plausible header: lengths that fit.
                 for (i, b) in data.iter_mut().enumerate().take(8) {
-                    *b = if i % 2 == 1 { (dlen as u8).wrapping_sub(8) } else { 0 };
+                    *b = if i % 2 == 1 {
+                        (dlen as u8).wrapping_sub(8)
+                    } else {
+                        0
+                    };
                 }
             }
             for lun in [0u16, 5, 300, 7, 16383] {

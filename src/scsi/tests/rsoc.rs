@@ -43,7 +43,11 @@ fn one_command_options() {
     let t = target();
     for c in COMMANDS {
         let sa = u16::from(c.service_action.unwrap_or(0));
-        let opts: &[u8] = if c.service_action.is_some() { &[2, 3] } else { &[1, 3] };
+        let opts: &[u8] = if c.service_action.is_some() {
+            &[2, 3]
+        } else {
+            &[1, 3]
+        };
         for &opt in opts {
             let d = good(exec(&t, 0, &rsoc(opt, c.opcode, sa, 1000)));
             assert_eq!(d[1], 0x03, "{}", c.name); // SUPPORT 011b
@@ -59,8 +63,14 @@ fn one_command_options() {
     }
     // Unsupported opcode / service action: SUPPORT 001b.
     assert_eq!(good(exec(&t, 0, &rsoc(1, 0x04, 0, 100))), vec![0, 1, 0, 0]);
-    assert_eq!(good(exec(&t, 0, &rsoc(2, 0x9e, 0x11, 100))), vec![0, 1, 0, 0]);
-    assert_eq!(good(exec(&t, 0, &rsoc(3, 0x9e, 0x110, 100))), vec![0, 1, 0, 0]);
+    assert_eq!(
+        good(exec(&t, 0, &rsoc(2, 0x9e, 0x11, 100))),
+        vec![0, 1, 0, 0]
+    );
+    assert_eq!(
+        good(exec(&t, 0, &rsoc(3, 0x9e, 0x110, 100))),
+        vec![0, 1, 0, 0]
+    );
     assert_eq!(good(exec(&t, 0, &rsoc(2, 0x04, 0, 100))), vec![0, 1, 0, 0]);
     // Option 3 on an opcode without service actions ignores the SA.
     assert_eq!(good(exec(&t, 0, &rsoc(3, 0x28, 7, 100)))[1], 3);

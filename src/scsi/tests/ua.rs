@@ -29,7 +29,13 @@ fn power_on_per_nexus_and_exempt_commands() {
     let d = good(e(3, 0, &[0x03, 0, 0, 0, 252, 0]));
     assert_eq!((d[2], d[12]), (0, 0));
     // Missing LUN: no UA.
-    assert_sense(check(e(4, 9, &TUR)), SenseKey::IllegalRequest, 0x25, 0, [0; 3]);
+    assert_sense(
+        check(e(4, 9, &TUR)),
+        SenseKey::IllegalRequest,
+        0x25,
+        0,
+        [0; 3],
+    );
 }
 
 #[test]
@@ -50,8 +56,14 @@ fn resets_capacity_and_luns_changed() {
     t.capacity_changed(0, BlockCount(100));
     t.luns_changed();
     ua(exec(&t, 0, &TUR), 0x2a, 0x09);
-    assert_eq!(check(exec(&t, 0, &cdb(10, &[0x28, 0, 0, 0, 0, 100, 0, 0, 1]))).asc, 0x3f);
-    assert_eq!(check(exec(&t, 0, &cdb(10, &[0x28, 0, 0, 0, 0, 100, 0, 0, 1]))).asc, 0x21);
+    assert_eq!(
+        check(exec(&t, 0, &cdb(10, &[0x28, 0, 0, 0, 0, 100, 0, 0, 1]))).asc,
+        0x3f
+    );
+    assert_eq!(
+        check(exec(&t, 0, &cdb(10, &[0x28, 0, 0, 0, 0, 100, 0, 0, 1]))).asc,
+        0x21
+    );
     let d = good(exec(&t, 0, &cdb(10, &[0x25])));
     assert_eq!(&d[..4], &99u32.to_be_bytes());
     // REPORT LUNS clears REPORTED LUNS DATA HAS CHANGED on every unit.

@@ -115,6 +115,7 @@ fn open_disk(spec: &DiskSpec, lun: u16) -> Result<(LunConfig, Backing), SetupErr
         rotational: backing.kind() == BackingKind::BlockDevice && backing.is_rotational(),
         max_transfer_blocks: MAX_TRANSFER_BYTES >> block_size.shift(),
         optimal_transfer_blocks: OPTIMAL_TRANSFER_BYTES >> block_size.shift(),
+        ..LunConfig::new(lun, block_size, size.to_blocks(block_size))
     };
     Ok((config, backing))
 }

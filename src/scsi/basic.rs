@@ -3,16 +3,20 @@
 
 use super::cdb::truncate;
 use super::opcodes::Ctx;
+use super::ua::UnitAttention;
 use super::{Outcome, Sense};
 
-/// TEST UNIT READY (SPC-5, TEST UNIT READY): always ready (no unit attentions yet).
+/// TEST UNIT READY (SPC-5 6.47): always ready (unit attentions are
+/// reported by the dispatcher before this runs).
 pub fn test_unit_ready(ctx: &Ctx<'_>) -> Result<Outcome, Sense> {
     ctx.lu()?;
     Ok(Outcome::good())
 }
 
 /// REQUEST SENSE (SPC-5 6.39). Sense data is returned with the status
-/// (autosense), so nothing is ever pending: NO SENSE. For a LUN that does
+/// (autosense), so only a unit attention can be pending: it is returned
+/// and cleared (SPC-5 6.39: REQUEST SENSE reports a pending UA); otherwise
+/// NO SENSE. For a LUN that does
 /// not exist: GOOD with ILLEGAL REQUEST / LOGICAL UNIT NOT SUPPORTED in the
 /// data (SPC-5 6.39). DESC=1 selects descriptor format (SPC-5 4.4.2),
 /// which we support; DESC=0 fixed format (18 bytes).
@@ -20,7 +24,11 @@ pub fn request_sense(ctx: &Ctx<'_>) -> Result<Outcome, Sense> {
     let desc = ctx.cdb.bit(1, 0)?;
     let alloc = ctx.cdb.u8(4)?;
     let sense = match ctx.lu {
-        Some(_) => Sense::no_sense(),
+        Some(lu) => lu
+            .state()
+            .ua
+            .take(ctx.nexus)
+            .map_or(Sense::no_sense(), |ua| ua.sense()),
         None => Sense::lun_not_supported(),
     };
     let data = if desc {
@@ -50,7 +58,9 @@ pub fn encode_lun(lun: u16) -> [u8; 8] {
 /// REPORT LUNS (SPC-5 6.29). SELECT REPORT 00h/02h: all configured logical
 /// units; 01h: the well-known logical units, of which we have none. Other
 /// values, and an ALLOCATION LENGTH below 16, are INVALID FIELD IN CDB.
-/// Works whichever LUN it is addressed to.
+/// Works whichever LUN it is addressed to. Clears a pending REPORTED LUNS
+/// DATA HAS CHANGED of this nexus on every unit (SPC-5 6.29: the LUN
+/// inventory is a property of the target, not of one unit).
 pub fn report_luns(ctx: &Ctx<'_>) -> Result<Outcome, Sense> {
     let select = ctx.cdb.u8(2)?;
     let alloc = ctx.cdb.be32(6)?;
@@ -60,6 +70,8 @@ pub fn report_luns(ctx: &Ctx<'_>) -> Result<Outcome, Sense> {
     if alloc < 16 {
         return Err(Sense::invalid_field_in_cdb(6, None));
     }
+    ctx.target
+        .clear_ua(ctx.nexus, UnitAttention::ReportedLunsChanged);
     let luns = if select == 1 {
         Vec::new()
     } else {

@@ -32,7 +32,8 @@ pub fn read_capacity10(ctx: &Ctx<'_>) -> Result<Outcome, Sense> {
 /// bytes 10-13, PMI byte 14 bit 0. Returns the last LBA, LOGICAL BLOCK
 /// LENGTH, RC BASIS 01b (the returned LBA is the last LBA of the unit),
 /// P_TYPE/PROT_EN 0, LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT 0,
-/// LBPME/LBPRZ 0, LOWEST ALIGNED LBA 0.
+/// LBPME (byte 14 bit 7) = unmap, LBPRZ (bit 6) = lbprz, LOWEST ALIGNED
+/// LBA 0.
 pub fn read_capacity16(ctx: &Ctx<'_>) -> Result<Outcome, Sense> {
     let lu = ctx.lu()?;
     let lba = ctx.cdb.be64(2)?;
@@ -45,5 +46,11 @@ pub fn read_capacity16(ctx: &Ctx<'_>) -> Result<Outcome, Sense> {
     d[0..8].copy_from_slice(&lu.last_lba().0.to_be_bytes());
     d[8..12].copy_from_slice(&lu.cfg.block_size.bytes().to_be_bytes());
     d[12] = 0x10; // RC BASIS 01b, P_TYPE 0, PROT_EN 0
+    if lu.cfg.unmap {
+        d[14] |= 0x80;
+    }
+    if lu.cfg.lbprz {
+        d[14] |= 0x40;
+    }
     Ok(Outcome::data_in(truncate(d, alloc)))
 }

@@ -142,18 +142,36 @@ fn device_identification(lu: &LogicalUnit) -> Vec<u8> {
     d
 }
 
-/// Block Limits VPD page (SBC-4 6.6), page length 3Ch. No UNMAP, WRITE SAME or
-/// COMPARE AND WRITE limits: those commands are not implemented.
+/// Block Limits VPD page (SBC-4 6.6.4), page length 3Ch. The UNMAP and
+/// COMPARE AND WRITE limits are reported only for LUNs that support the
+/// command; WSNZ=1 (WRITE SAME with 0 blocks is rejected).
 fn block_limits(lu: &LogicalUnit) -> Vec<u8> {
+    let c = &lu.cfg;
     let mut d = vec![0u8; 0x3c];
     // (Offsets below are the SBC-4 byte numbers minus the 4-byte header.)
-    // Byte 4: WSNZ 0. Byte 5: MAXIMUM COMPARE AND WRITE LENGTH 0.
+    // Byte 4: WSNZ 1.
+    d[0] = 0x01;
+    // Byte 5: MAXIMUM COMPARE AND WRITE LENGTH.
+    if !c.readonly {
+        d[1] = c.max_compare_write_blocks;
+    }
     // Bytes 6-7: OPTIMAL TRANSFER LENGTH GRANULARITY 1.
     d[2..4].copy_from_slice(&1u16.to_be_bytes());
     // Bytes 8-11: MAXIMUM TRANSFER LENGTH (0 = no limit reported).
-    d[4..8].copy_from_slice(&lu.cfg.max_transfer_blocks.to_be_bytes());
+    d[4..8].copy_from_slice(&c.max_transfer_blocks.to_be_bytes());
     // Bytes 12-15: OPTIMAL TRANSFER LENGTH.
-    d[8..12].copy_from_slice(&lu.cfg.optimal_transfer_blocks.to_be_bytes());
+    d[8..12].copy_from_slice(&c.optimal_transfer_blocks.to_be_bytes());
+    // Bytes 16-19: MAXIMUM PREFETCH LENGTH 0.
+    if c.unmap {
+        // Bytes 20-23: MAXIMUM UNMAP LBA COUNT; 24-27: MAXIMUM UNMAP BLOCK
+        // DESCRIPTOR COUNT; 28-31: OPTIMAL UNMAP GRANULARITY 1; 32-35:
+        // UGAVALID 0, UNMAP GRANULARITY ALIGNMENT 0.
+        d[16..20].copy_from_slice(&c.max_unmap_blocks.to_be_bytes());
+        d[20..24].copy_from_slice(&c.max_unmap_descriptors.to_be_bytes());
+        d[24..28].copy_from_slice(&1u32.to_be_bytes());
+    }
+    // Bytes 36-43: MAXIMUM WRITE SAME LENGTH (0: not reported).
+    d[32..40].copy_from_slice(&c.max_write_same_blocks.to_be_bytes());
     d
 }
 
@@ -167,9 +185,18 @@ fn block_device_characteristics(lu: &LogicalUnit) -> Vec<u8> {
     d
 }
 
-/// Logical Block Provisioning VPD page (SBC-4 6.6), page length 4: THRESHOLD
-/// EXPONENT 0, LBPU/LBPWS/LBPWS10/LBPRZ/ANC_SUP/DP 0, PROVISIONING TYPE 0
-/// (fully provisioned or not reported).
-fn logical_block_provisioning(_: &LogicalUnit) -> Vec<u8> {
-    vec![0u8; 4]
+/// Logical Block Provisioning VPD page (SBC-4 6.6.6), page length 4:
+/// THRESHOLD EXPONENT 0; byte 5: LBPU 7, LBPWS 6, LBPWS10 5 (all = unmap),
+/// LBPRZ bits 4-2 (001b = lbprz), ANC_SUP 1 = 0, DP 0 = 0; byte 6:
+/// PROVISIONING TYPE 010b (thin) when unmap, else 000b.
+fn logical_block_provisioning(lu: &LogicalUnit) -> Vec<u8> {
+    let mut d = vec![0u8; 4];
+    if lu.cfg.unmap {
+        d[1] = 0x80 | 0x40 | 0x20;
+        d[2] = 0x02;
+    }
+    if lu.cfg.lbprz {
+        d[1] |= 0x04;
+    }
+    d
 }

@@ -1,10 +1,13 @@
 //! One logical unit: its configuration, derived identifiers, and the little
 //! mutable state it has (atomics, so a `Target` is `Sync`).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
+use super::pr::PrState;
 use super::target::LunConfig;
-use super::Sense;
+use super::ua::UaQueues;
+use super::{NexusId, Sense};
 use crate::units::{BlockCount, ByteCount, ByteOffset, Lba};
 
 /// IEEE company ID in the NAA designator (VPD 83h). ACDE48h is the CID the
@@ -24,32 +27,75 @@ pub struct LogicalUnit {
     /// NAA IEEE Registered Extended designator (VPD 83h), 16 bytes.
     pub naa: [u8; 16],
     /// Caching mode page WCE (SBC-4 6.5.5): the backing store has a volatile
-    /// cache the initiator must flush. Changeable once MODE SELECT exists.
+    /// cache the initiator must flush. WCE=0: every write is write-through
+    /// (decoded with fua=true). Changed by MODE SELECT under `state`.
     write_cache: AtomicBool,
+    /// Current number of logical blocks (`Target::capacity_changed`).
+    num_blocks: AtomicU64,
+    /// Unit attentions and reservations.
+    state: Mutex<LuState>,
+}
+
+/// The mutable state of a logical unit that needs a lock.
+#[derive(Debug, Default)]
+pub struct LuState {
+    pub ua: UaQueues,
+    pub pr: PrState,
+    /// SPC-2 RESERVE(6)/(10) holder.
+    pub legacy: Option<NexusId>,
 }
 
 impl LogicalUnit {
     pub fn new(cfg: LunConfig) -> Self {
+        Self::with_pr(cfg, PrState::default())
+    }
+
+    pub fn with_pr(cfg: LunConfig, pr: PrState) -> Self {
         let naa = naa_designator(&cfg.identity);
+        let num_blocks = AtomicU64::new(cfg.num_blocks.0);
         LogicalUnit {
             cfg,
             naa,
             write_cache: AtomicBool::new(true),
+            num_blocks,
+            state: Mutex::new(LuState {
+                pr,
+                ..LuState::default()
+            }),
         }
+    }
+
+    /// The state, also when a panicking thread poisoned the lock (the state
+    /// is updated all-or-nothing, so it is consistent).
+    pub fn state(&self) -> MutexGuard<'_, LuState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn write_cache_enabled(&self) -> bool {
         self.write_cache.load(Ordering::Relaxed)
     }
 
+    pub fn set_write_cache(&self, wce: bool) {
+        self.write_cache.store(wce, Ordering::Relaxed);
+    }
+
+    /// FUA for a write: asked by the CDB, or forced by WCE=0.
+    pub fn write_fua(&self, cdb_fua: bool) -> bool {
+        cdb_fua || !self.write_cache_enabled()
+    }
+
     /// Number of logical blocks.
     pub fn capacity(&self) -> BlockCount {
-        self.cfg.num_blocks
+        BlockCount(self.num_blocks.load(Ordering::Relaxed))
+    }
+
+    pub fn set_capacity(&self, blocks: BlockCount) {
+        self.num_blocks.store(blocks.0, Ordering::Relaxed);
     }
 
     /// The last LBA (capacity - 1; capacity is never 0, `Target::new` checks).
     pub fn last_lba(&self) -> Lba {
-        Lba(self.cfg.num_blocks.0.saturating_sub(1))
+        Lba(self.capacity().0.saturating_sub(1))
     }
 
     /// Checks that `blocks` starting at `lba` lie within the capacity
@@ -57,9 +103,24 @@ impl LogicalUnit {
     /// overflow.
     pub fn check_range(&self, lba: Lba, blocks: BlockCount) -> Result<(), Sense> {
         match lba.checked_add(blocks) {
-            Some(end) if end.0 <= self.cfg.num_blocks.0 => Ok(()),
+            Some(end) if end.0 <= self.capacity().0 => Ok(()),
             _ => Err(Sense::lba_out_of_range()),
         }
+    }
+
+    /// An in-range extent as a byte range (checks the range first).
+    pub fn byte_range(&self, lba: Lba, blocks: BlockCount) -> Result<super::ByteRange, Sense> {
+        self.check_range(lba, blocks)?;
+        let (offset, len) = self.extent_bytes(lba, blocks)?;
+        Ok(super::ByteRange { offset, len })
+    }
+
+    /// Bytes in `blocks` blocks, capped (for buffers read from data-out).
+    pub fn block_bytes(&self, blocks: u64) -> Result<usize, Sense> {
+        BlockCount(blocks)
+            .to_bytes(self.cfg.block_size)
+            .and_then(|b| usize::try_from(b.0).ok())
+            .ok_or(Sense::lba_out_of_range())
     }
 
     /// Byte offset and length of an in-range extent.

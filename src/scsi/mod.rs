@@ -9,9 +9,20 @@
 //!   reports back through [`io_error_sense`] on failure;
 //! - SYNCHRONIZE CACHE becomes [`Outcome::Flush`].
 //!
+//! - UNMAP, WRITE SAME, VERIFY, WRITE AND VERIFY, COMPARE AND WRITE and
+//!   GET LBA STATUS become the matching [`Outcome`] variants, with their
+//!   small data-out buffers already read and checked.
+//!
+//! State kept per logical unit (behind a mutex): unit attentions per I_T
+//! nexus, the caching mode page WCE bit, persistent and legacy
+//! reservations.
+//!
 //! CONTRACT (shared with the vhost layer; change only together):
-//! `Target::new`, `Target::execute`, `Outcome`, `BlockIo`, `IoDir`, `Status`,
-//! `Sense`, `Sense::to_fixed`, `io_error_sense`, `LunConfig`.
+//! `Target::new`, `Target::with_pr_store`, `Target::execute`,
+//! `Target::lun_reset`, `Target::nexus_reset`, `Target::capacity_changed`,
+//! `Target::luns_changed`, `Outcome`, `BlockIo`, `IoDir`, `Status`, `Sense`,
+//! `Sense::to_fixed`, `io_error_sense`, `miscompare_sense`,
+//! `lba_status_data`, `LunConfig`, `NexusId`, `ByteRange`, `LbaExtent`.
 
 use crate::units::{BlockCount, ByteCount, ByteOffset, Lba};
 
@@ -107,6 +118,74 @@ pub enum Outcome {
     Io(BlockIo),
     /// Flush the backing device's volatile cache, then complete with GOOD.
     Flush,
+    /// UNMAP (SBC-4 5.31): deallocate every range (validated, in range,
+    /// nonempty list), then complete with GOOD. Deallocation is advisory:
+    /// a backing that cannot punch a range may leave it mapped.
+    Unmap { ranges: Vec<ByteRange> },
+    /// WRITE SAME(10)/(16) (SBC-4 5.48/5.50): write `block` (exactly one
+    /// logical block) to every block of `range`. `unmap`: the UNMAP bit was
+    /// set and the LUN supports unmap -- the transport may deallocate
+    /// instead when `block` is all zeros and LBPRZ holds.
+    WriteSame {
+        range: ByteRange,
+        block: Vec<u8>,
+        unmap: bool,
+        fua: bool,
+    },
+    /// VERIFY(10)/(16) (SBC-4 5.34/5.36): read `range`; with `expected`
+    /// (same length as the range) compare, and on a difference complete
+    /// with [`miscompare_sense`] (offset relative to the range start).
+    Verify {
+        range: ByteRange,
+        expected: Option<Vec<u8>>,
+    },
+    /// WRITE AND VERIFY(10)/(16) (SBC-4 5.54/5.56): write `data` (length of
+    /// the range), read it back and compare (miscompare as for `Verify`).
+    WriteVerify {
+        range: ByteRange,
+        data: Vec<u8>,
+        fua: bool,
+    },
+    /// COMPARE AND WRITE (SBC-4 5.3): atomically with respect to every other
+    /// command on the LUN, read `range`, compare with `compare`; if equal,
+    /// write `write`, else complete with [`miscompare_sense`] and write
+    /// nothing. `compare` and `write` have the length of the range.
+    CompareAndWrite {
+        range: ByteRange,
+        compare: Vec<u8>,
+        write: Vec<u8>,
+        fua: bool,
+    },
+    /// GET LBA STATUS (SBC-4 5.7): query the backing's allocation map from
+    /// `start` and complete with GOOD and
+    /// `lba_status_data(start, extents, alloc_len)` as data-in.
+    GetLbaStatus {
+        lun: u16,
+        start: Lba,
+        alloc_len: u32,
+    },
+}
+
+/// An I_T nexus: the transport gives one per vhost-user controller
+/// connection, stable across daemon restarts for the same controller (it
+/// keys persisted PR registrations).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NexusId(pub u64);
+
+/// A byte range of a LUN's backing store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ByteRange {
+    pub offset: ByteOffset,
+    pub len: ByteCount,
+}
+
+/// One extent of the backing's allocation map, for [`lba_status_data`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LbaExtent {
+    pub lba: Lba,
+    pub blocks: BlockCount,
+    /// true: deallocated (a hole); false: mapped.
+    pub deallocated: bool,
 }
 
 impl Outcome {
@@ -124,6 +203,15 @@ impl Outcome {
         }
     }
 
+    /// RESERVATION CONFLICT, no sense, no data (SPC-4 5.9.1).
+    pub fn reservation_conflict() -> Outcome {
+        Outcome::Complete {
+            status: Status::ReservationConflict,
+            sense: None,
+            data: Vec::new(),
+        }
+    }
+
     /// CHECK CONDITION with `sense` (autosense), no data.
     pub fn check_condition(sense: Sense) -> Outcome {
         Outcome::Complete {
@@ -136,18 +224,30 @@ impl Outcome {
 
 mod basic;
 mod capacity;
+mod caw;
 mod cdb;
 mod inquiry;
+mod lba_status;
 mod lun;
 mod mode;
+mod mode_select;
 mod opcodes;
+mod param;
+mod pr;
+mod rsoc;
 mod rw;
 mod sense;
 mod target;
 #[cfg(test)]
 mod tests;
+mod ua;
+mod unmap;
+mod verify;
+mod write_same;
 
+pub use lba_status::lba_status_data;
 pub use lun::{fnv1a64, naa_designator, NAA_COMPANY_ID, PRODUCT, VENDOR};
-pub use opcodes::{Command, COMMANDS};
-pub use sense::io_error_sense;
+pub use opcodes::{Command, PrClass, COMMANDS};
+pub use pr::{DirPrStore, PrStore};
+pub use sense::{io_error_sense, miscompare_sense};
 pub use target::{LunConfig, ScsiError, Target, MAX_LUN, MAX_SERIAL_LEN};

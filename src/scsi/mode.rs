@@ -1,7 +1,7 @@
 //! MODE SENSE(6)/(10) (SPC-5 6.13/6.14) with the SBC-4 mode parameters
 //! (SBC-4 6.4, 6.5): the Caching and Control mode pages, and short or long
-//! LBA block descriptors. MODE SELECT is not implemented, so nothing is
-//! changeable yet.
+//! LBA block descriptors. MODE SELECT (mode_select.rs) can change only the
+//! caching page's WCE bit.
 
 use super::cdb::truncate;
 use super::lun::LogicalUnit;
@@ -10,7 +10,7 @@ use super::{Outcome, Sense};
 
 /// PAGE CONTROL field (SPC-5 6.13).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum PageControl {
+pub enum PageControl {
     Current,
     Changeable,
     Default,
@@ -136,7 +136,7 @@ fn assemble(form: Form, dsp: u8, long_lba: bool, desc: &[u8], pages: &[u8]) -> V
 /// Short LBA mode parameter block descriptor (SBC-4 6.4): NUMBER OF
 /// LOGICAL BLOCKS (FFFFFFFFh when it does not fit), LOGICAL BLOCK LENGTH.
 /// Block descriptors always carry current values, whatever PC says.
-fn short_block_descriptor(lu: &LogicalUnit) -> [u8; 8] {
+pub fn short_block_descriptor(lu: &LogicalUnit) -> [u8; 8] {
     let n = u32::try_from(lu.capacity().0).unwrap_or(u32::MAX);
     let mut d = [0u8; 8];
     d[0..4].copy_from_slice(&n.to_be_bytes());
@@ -146,23 +146,24 @@ fn short_block_descriptor(lu: &LogicalUnit) -> [u8; 8] {
 }
 
 /// Long LBA mode parameter block descriptor (SBC-4 6.4).
-fn long_block_descriptor(lu: &LogicalUnit) -> [u8; 16] {
+pub fn long_block_descriptor(lu: &LogicalUnit) -> [u8; 16] {
     let mut d = [0u8; 16];
     d[0..8].copy_from_slice(&lu.capacity().0.to_be_bytes());
     d[12..16].copy_from_slice(&lu.cfg.block_size.bytes().to_be_bytes());
     d
 }
 
-/// Caching mode page (SBC-4 6.5), page length 12h: WCE (byte 2 bit 2)
-/// from the LU's write-cache state (default 1), RCD 0. Nothing changeable.
-fn caching_page(lu: &LogicalUnit, pc: PageControl) -> Vec<u8> {
+/// Caching mode page (SBC-4 6.5.5), page length 12h: WCE (byte 2 bit 2)
+/// from the LU's write-cache state (default 1), RCD 0. Only WCE is
+/// changeable.
+pub fn caching_page(lu: &LogicalUnit, pc: PageControl) -> Vec<u8> {
     let mut p = vec![0u8; 20];
     p[0] = 0x08; // PS 0, SPF 0, PAGE CODE 08h
     p[1] = 0x12;
     let wce = match pc {
         PageControl::Current => lu.write_cache_enabled(),
         PageControl::Default => true,
-        PageControl::Changeable => false,
+        PageControl::Changeable => true,
     };
     if wce {
         p[2] |= 0x04;
@@ -174,7 +175,7 @@ fn caching_page(lu: &LogicalUnit, pc: PageControl) -> Vec<u8> {
 /// (fixed format sense), QUEUE ALGORITHM MODIFIER 1 (unrestricted
 /// reordering: commands from several virtqueues run concurrently), QERR 00b,
 /// SWP 0, TAS 0, BUSY TIMEOUT PERIOD 0. Nothing changeable.
-fn control_page(_: &LogicalUnit, pc: PageControl) -> Vec<u8> {
+pub fn control_page(_: &LogicalUnit, pc: PageControl) -> Vec<u8> {
     let mut p = vec![0u8; 12];
     p[0] = 0x0a;
     p[1] = 0x0a;

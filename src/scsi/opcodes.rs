@@ -9,20 +9,31 @@
 //! CDB outside the mask is a reserved bit (SPC-5 clause 3, keyword "reserved") and
 //! the command is terminated with INVALID FIELD IN CDB pointing at it.
 
+use std::cell::RefCell;
+use std::io::Read;
+
 use super::cdb::{field_byte, Cdb};
 use super::lun::LogicalUnit;
 use super::target::Target;
-use super::{basic, capacity, inquiry, mode, rw, Outcome, Sense};
+use super::{
+    basic, capacity, caw, inquiry, lba_status, mode, mode_select, pr, rsoc, rw, unmap, verify,
+    write_same, NexusId, Outcome, Sense,
+};
 
 /// Everything a handler may look at.
 pub struct Ctx<'a> {
     pub target: &'a Target,
+    /// The I_T nexus the command came through.
+    pub nexus: NexusId,
     /// The LUN the command was addressed to (it may not exist).
     pub lun: u16,
     /// The logical unit, None when `lun` is not configured.
     pub lu: Option<&'a LogicalUnit>,
     /// The CDB, exactly as long as the entry's CDB length.
     pub cdb: Cdb<'a>,
+    /// The initiator's data-out (parameter lists, WRITE SAME / VERIFY /
+    /// COMPARE AND WRITE buffers).
+    pub data_out: RefCell<&'a mut dyn Read>,
 }
 
 impl<'a> Ctx<'a> {
@@ -30,11 +41,56 @@ impl<'a> Ctx<'a> {
     pub fn lu(&self) -> Result<&'a LogicalUnit, Sense> {
         self.lu.ok_or(Sense::lun_not_supported())
     }
+
+    /// Reads exactly `len` bytes of data-out. Fewer available: PARAMETER
+    /// LIST LENGTH ERROR (the initiator's data-out is shorter than the CDB
+    /// says); a transport read error: INTERNAL TARGET FAILURE.
+    pub fn read_data(&self, len: usize) -> Result<Vec<u8>, Sense> {
+        let mut buf = Vec::new();
+        let mut r = self.data_out.borrow_mut();
+        let limit = u64::try_from(len).unwrap_or(u64::MAX);
+        (&mut **r)
+            .take(limit)
+            .read_to_end(&mut buf)
+            .map_err(|_| Sense::internal_target_failure())?;
+        if buf.len() < len {
+            return Err(Sense::param_list_length_error());
+        }
+        Ok(buf)
+    }
 }
 
 /// A command handler: data, I/O or flush on success, a CHECK CONDITION
 /// sense otherwise.
 pub type Handler = fn(&Ctx<'_>) -> Result<Outcome, Sense>;
+
+/// How a command behaves in the presence of reservations (SPC-4 5.9.1 table
+/// "SPC commands that are allowed in the presence of various reservations",
+/// SBC-4 4.17 table of block commands; SPC-2 5.5.1 for RESERVE/RELEASE).
+/// For a nexus that does not hold the persistent reservation (and is not a
+/// registrant under a registrants-only / all-registrants type):
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrClass {
+    /// Always allowed, even under another nexus's RESERVE (INQUIRY, REPORT
+    /// LUNS, REQUEST SENSE, REPORT SUPPORTED OPERATION CODES / TASK
+    /// MANAGEMENT FUNCTIONS).
+    Any,
+    /// Allowed under every persistent reservation type; conflicts under
+    /// another nexus's RESERVE (TEST UNIT READY, READ CAPACITY, START STOP).
+    Allowed,
+    /// Reads: allowed under Write Exclusive types, conflict under Exclusive
+    /// Access types and under another nexus's RESERVE.
+    Read,
+    /// Writes: conflict under every persistent reservation type and under
+    /// another nexus's RESERVE.
+    Write,
+    /// PERSISTENT RESERVE IN/OUT: allowed (OUT checks keys itself); conflict
+    /// while any RESERVE(6)/(10) reservation exists (SPC-4 5.9.3).
+    Persistent,
+    /// RESERVE/RELEASE(6)/(10): conflict while any persistent reservation
+    /// registration exists (SPC-4 5.9.3); the handler applies SPC-2.
+    Legacy,
+}
 
 /// One supported command.
 #[derive(Debug)]
@@ -46,8 +102,12 @@ pub struct Command {
     /// CDB USAGE DATA; `usage.len()` is the CDB length.
     pub usage: &'static [u8],
     /// Also served for a LUN that does not exist (INQUIRY, REPORT LUNS,
-    /// REQUEST SENSE; SPC-5, incorrect logical unit handling).
+    /// REQUEST SENSE; SPC-5, incorrect logical unit handling). These are
+    /// also the commands that neither report nor clear a unit attention
+    /// (SAM-5 5.14).
     pub any_lun: bool,
+    /// Behaviour under reservations.
+    pub pr_class: PrClass,
     pub handler: Handler,
 }
 
@@ -64,62 +124,146 @@ const CTL: u8 = 0xc7;
 const NACA: u8 = 0x04;
 
 macro_rules! cmd {
-    ($op:expr, $sa:expr, $name:expr, $any:expr, $h:path, [$($u:expr),* $(,)?]) => {
+    ($op:expr, $sa:expr, $name:expr, $any:expr, $class:ident, $h:path, [$($u:expr),* $(,)?]) => {
         Command {
             opcode: $op,
             service_action: $sa,
             name: $name,
             usage: &[$op, $($u),*],
             any_lun: $any,
+            pr_class: PrClass::$class,
             handler: $h,
         }
+    };
+}
+
+/// PERSISTENT RESERVE IN CDB usage (SPC-4 6.14): SERVICE ACTION, ALLOCATION
+/// LENGTH bytes 7-8.
+macro_rules! pr_in {
+    ($sa:expr, $name:expr) => {
+        cmd!(
+            0x5e,
+            Some($sa),
+            $name,
+            false,
+            Persistent,
+            pr::pr_in,
+            [0x1f, 0, 0, 0, 0, 0, 0xff, 0xff, CTL]
+        )
+    };
+}
+
+/// PERSISTENT RESERVE OUT CDB usage (SPC-4 6.15): SERVICE ACTION, SCOPE and
+/// TYPE byte 2, PARAMETER LIST LENGTH bytes 5-8.
+macro_rules! pr_out {
+    ($sa:expr, $name:expr) => {
+        cmd!(
+            0x5f,
+            Some($sa),
+            $name,
+            false,
+            Persistent,
+            pr::pr_out,
+            [0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, CTL]
+        )
     };
 }
 
 /// The supported commands, in ascending opcode (then service action) order.
 #[rustfmt::skip]
 pub static COMMANDS: &[Command] = &[
-    cmd!(0x00, None, "TEST UNIT READY", false, basic::test_unit_ready,
+    cmd!(0x00, None, "TEST UNIT READY", false, Allowed, basic::test_unit_ready,
         [0, 0, 0, 0, CTL]),
-    cmd!(0x03, None, "REQUEST SENSE", true, basic::request_sense,
+    cmd!(0x03, None, "REQUEST SENSE", true, Any, basic::request_sense,
         [0x01, 0, 0, 0xff, CTL]),
-    cmd!(0x08, None, "READ(6)", false, rw::read6,
+    cmd!(0x08, None, "READ(6)", false, Read, rw::read6,
         [0x1f, 0xff, 0xff, 0xff, CTL]),
-    cmd!(0x0a, None, "WRITE(6)", false, rw::write6,
+    cmd!(0x0a, None, "WRITE(6)", false, Write, rw::write6,
         [0x1f, 0xff, 0xff, 0xff, CTL]),
-    cmd!(0x12, None, "INQUIRY", true, inquiry::inquiry,
+    cmd!(0x12, None, "INQUIRY", true, Any, inquiry::inquiry,
         [0x01, 0xff, 0xff, 0xff, CTL]),
-    cmd!(0x1a, None, "MODE SENSE(6)", false, mode::mode_sense6,
+    cmd!(0x15, None, "MODE SELECT(6)", false, Write, mode_select::mode_select6,
+        [0x11, 0, 0, 0xff, CTL]),
+    cmd!(0x16, None, "RESERVE(6)", false, Legacy, pr::reserve,
+        [0, 0, 0, 0, CTL]),
+    cmd!(0x17, None, "RELEASE(6)", false, Legacy, pr::release,
+        [0, 0, 0, 0, CTL]),
+    cmd!(0x1a, None, "MODE SENSE(6)", false, Read, mode::mode_sense6,
         [0x08, 0xff, 0xff, 0xff, CTL]),
-    cmd!(0x1b, None, "START STOP UNIT", false, basic::start_stop_unit,
+    cmd!(0x1b, None, "START STOP UNIT", false, Allowed, basic::start_stop_unit,
         [0x01, 0, 0x0f, 0xf7, CTL]),
-    cmd!(0x25, None, "READ CAPACITY(10)", false, capacity::read_capacity10,
+    cmd!(0x25, None, "READ CAPACITY(10)", false, Allowed, capacity::read_capacity10,
         [0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0x01, CTL]),
-    cmd!(0x28, None, "READ(10)", false, rw::read10,
+    cmd!(0x28, None, "READ(10)", false, Read, rw::read10,
         [0xfe, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, CTL]),
-    cmd!(0x2a, None, "WRITE(10)", false, rw::write10,
+    cmd!(0x2a, None, "WRITE(10)", false, Write, rw::write10,
         [0xfa, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, CTL]),
-    cmd!(0x35, None, "SYNCHRONIZE CACHE(10)", false, rw::sync_cache10,
+    cmd!(0x2e, None, "WRITE AND VERIFY(10)", false, Write, verify::write_verify10,
+        [0xf6, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, CTL]),
+    cmd!(0x2f, None, "VERIFY(10)", false, Read, verify::verify10,
+        [0xf6, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, CTL]),
+    cmd!(0x35, None, "SYNCHRONIZE CACHE(10)", false, Write, rw::sync_cache10,
         [0x06, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, CTL]),
-    cmd!(0x5a, None, "MODE SENSE(10)", false, mode::mode_sense10,
+    cmd!(0x41, None, "WRITE SAME(10)", false, Write, write_same::write_same10,
+        [0xfe, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, CTL]),
+    cmd!(0x42, None, "UNMAP", false, Write, unmap::unmap,
+        [0x01, 0, 0, 0, 0, 0x1f, 0xff, 0xff, CTL]),
+    cmd!(0x55, None, "MODE SELECT(10)", false, Write, mode_select::mode_select10,
+        [0x11, 0, 0, 0, 0, 0, 0xff, 0xff, CTL]),
+    cmd!(0x56, None, "RESERVE(10)", false, Legacy, pr::reserve,
+        [0, 0, 0, 0, 0, 0, 0, 0, CTL]),
+    cmd!(0x57, None, "RELEASE(10)", false, Legacy, pr::release,
+        [0, 0, 0, 0, 0, 0, 0, 0, CTL]),
+    cmd!(0x5a, None, "MODE SENSE(10)", false, Read, mode::mode_sense10,
         [0x18, 0xff, 0xff, 0, 0, 0, 0xff, 0xff, CTL]),
-    cmd!(0x88, None, "READ(16)", false, rw::read16,
+    pr_in!(0x00, "PERSISTENT RESERVE IN / READ KEYS"),
+    pr_in!(0x01, "PERSISTENT RESERVE IN / READ RESERVATION"),
+    pr_in!(0x02, "PERSISTENT RESERVE IN / REPORT CAPABILITIES"),
+    pr_in!(0x03, "PERSISTENT RESERVE IN / READ FULL STATUS"),
+    pr_out!(0x00, "PERSISTENT RESERVE OUT / REGISTER"),
+    pr_out!(0x01, "PERSISTENT RESERVE OUT / RESERVE"),
+    pr_out!(0x02, "PERSISTENT RESERVE OUT / RELEASE"),
+    pr_out!(0x03, "PERSISTENT RESERVE OUT / CLEAR"),
+    pr_out!(0x04, "PERSISTENT RESERVE OUT / PREEMPT"),
+    pr_out!(0x05, "PERSISTENT RESERVE OUT / PREEMPT AND ABORT"),
+    pr_out!(0x06, "PERSISTENT RESERVE OUT / REGISTER AND IGNORE EXISTING KEY"),
+    cmd!(0x88, None, "READ(16)", false, Read, rw::read16,
         [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
          0xff, 0xff, 0xff, 0xff, 0xdf, CTL]),
-    cmd!(0x8a, None, "WRITE(16)", false, rw::write16,
+    cmd!(0x89, None, "COMPARE AND WRITE", false, Write, caw::compare_and_write,
+        [0xfa, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+         0, 0, 0, 0xff, 0x1f, CTL]),
+    cmd!(0x8a, None, "WRITE(16)", false, Write, rw::write16,
         [0xfb, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
          0xff, 0xff, 0xff, 0xff, 0xdf, CTL]),
-    cmd!(0x91, None, "SYNCHRONIZE CACHE(16)", false, rw::sync_cache16,
+    cmd!(0x8e, None, "WRITE AND VERIFY(16)", false, Write, verify::write_verify16,
+        [0xf6, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+         0xff, 0xff, 0xff, 0xff, 0x1f, CTL]),
+    cmd!(0x8f, None, "VERIFY(16)", false, Read, verify::verify16,
+        [0xf6, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+         0xff, 0xff, 0xff, 0xff, 0x1f, CTL]),
+    cmd!(0x91, None, "SYNCHRONIZE CACHE(16)", false, Write, rw::sync_cache16,
         [0x06, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
          0xff, 0xff, 0xff, 0xff, 0x1f, CTL]),
-    cmd!(0x9e, Some(0x10), "READ CAPACITY(16)", false, capacity::read_capacity16,
+    cmd!(0x93, None, "WRITE SAME(16)", false, Write, write_same::write_same16,
+        [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+         0xff, 0xff, 0xff, 0xff, 0x1f, CTL]),
+    cmd!(0x9e, Some(0x10), "READ CAPACITY(16)", false, Allowed, capacity::read_capacity16,
         [0x1f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
          0xff, 0xff, 0xff, 0xff, 0x01, CTL]),
-    cmd!(0xa0, None, "REPORT LUNS", true, basic::report_luns,
+    cmd!(0x9e, Some(0x12), "GET LBA STATUS", false, Read, lba_status::get_lba_status,
+        [0x1f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+         0xff, 0xff, 0xff, 0xff, 0x03, CTL]),
+    cmd!(0xa0, None, "REPORT LUNS", true, Any, basic::report_luns,
         [0, 0xff, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, CTL]),
-    cmd!(0xa8, None, "READ(12)", false, rw::read12,
+    cmd!(0xa3, Some(0x0c), "REPORT SUPPORTED OPERATION CODES", false, Any, rsoc::rsoc,
+        [0x1f, 0x87, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, CTL]),
+    cmd!(0xa3, Some(0x0d), "REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS", false, Any,
+        rsoc::rstmf,
+        [0x1f, 0x80, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, CTL]),
+    cmd!(0xa8, None, "READ(12)", false, Read, rw::read12,
         [0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x9f, CTL]),
-    cmd!(0xaa, None, "WRITE(12)", false, rw::write12,
+    cmd!(0xaa, None, "WRITE(12)", false, Write, rw::write12,
         [0xfa, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x9f, CTL]),
 ];
 

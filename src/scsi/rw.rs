@@ -87,6 +87,12 @@ fn decode(ctx: &Ctx<'_>, dir: IoDir, layout: &Layout) -> Result<Outcome, Sense> 
         let len = field(cdb, layout.len.0, layout.len.1)?;
         (lba, len, flags & 0x08 != 0)
     };
+    // WCE=0 (MODE SELECT): every write is write-through.
+    let fua = if dir == IoDir::Write {
+        lu.write_fua(fua)
+    } else {
+        fua
+    };
     let max = u64::from(lu.cfg.max_transfer_blocks);
     if max != 0 && blocks > max {
         return Err(Sense::invalid_field_in_cdb(field_byte(layout.len.0), None));

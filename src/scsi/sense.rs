@@ -109,6 +109,39 @@ impl Sense {
         Sense::new(SenseKey::AbortedCommand, 0x55, 0x03)
     }
 
+    /// ILLEGAL REQUEST, 26h/00h INVALID FIELD IN PARAMETER LIST, with a
+    /// field pointer (C/D=0) to `byte` of the parameter list and `bit`.
+    pub const fn invalid_field_in_param(byte: u16, bit: Option<u8>) -> Sense {
+        Sense {
+            key: SenseKey::IllegalRequest,
+            asc: 0x26,
+            ascq: 0x00,
+            info: None,
+            field_pointer: Some(FieldPointer {
+                in_cdb: false,
+                byte,
+                bit,
+            }),
+        }
+    }
+
+    /// ILLEGAL REQUEST, 1Ah/00h PARAMETER LIST LENGTH ERROR: the parameter
+    /// list (or data-out) is shorter than its header or the CDB require.
+    pub const fn param_list_length_error() -> Sense {
+        Sense::new(SenseKey::IllegalRequest, 0x1a, 0x00)
+    }
+
+    /// UNIT ATTENTION with `asc`/`ascq` (SAM-5 5.14).
+    pub const fn unit_attention(asc: u8, ascq: u8) -> Sense {
+        Sense::new(SenseKey::UnitAttention, asc, ascq)
+    }
+
+    /// HARDWARE ERROR, 55h/04h INSUFFICIENT REGISTRATION RESOURCES: the
+    /// persistent reservation state could not be saved (APTPL).
+    pub const fn insufficient_registration_resources() -> Sense {
+        Sense::new(SenseKey::HardwareError, 0x55, 0x04)
+    }
+
     /// This sense with the INFORMATION field set (VALID bit).
     pub const fn with_info(mut self, info: u32) -> Sense {
         self.info = Some(info);
@@ -176,6 +209,16 @@ impl Sense {
         b[7] = (b.len() - 8) as u8;
         b
     }
+}
+
+/// MISCOMPARE, 1Dh/00h MISCOMPARE DURING VERIFY OPERATION, with
+/// INFORMATION = `offset`, the offset in bytes of the first differing byte
+/// from the start of the compared range (SBC-4 5.3 COMPARE AND WRITE, 5.34
+/// VERIFY). Offsets above 4 GiB (never produced: compared buffers are at
+/// most the MAXIMUM TRANSFER LENGTH) saturate.
+pub fn miscompare_sense(offset: u64) -> Sense {
+    Sense::new(SenseKey::Miscompare, 0x1d, 0x00)
+        .with_info(u32::try_from(offset).unwrap_or(u32::MAX))
 }
 
 /// Sense for a failed block I/O (errno positive or negative, as io_uring

@@ -1,12 +1,16 @@
 //! The target: a map of logical units and the dispatcher that runs a CDB
 //! through the opcode table (SAM-5 5.1 command model).
 
+use std::cell::RefCell;
 use std::io::Read;
+use std::sync::Arc;
 
 use super::cdb::Cdb;
 use super::lun::LogicalUnit;
 use super::opcodes::{self, Ctx};
-use super::{Outcome, Sense};
+use super::pr::{self, PrState, PrStore};
+use super::ua::UnitAttention;
+use super::{NexusId, Outcome, Sense};
 use crate::units::{BlockCount, BlockSize};
 
 /// Largest LUN we address: 14-bit flat space addressing (SAM-5 4.7).
@@ -26,15 +30,59 @@ pub struct LunConfig {
     /// Unit serial number (VPD 80h). At most 252 printable ASCII bytes.
     pub serial: String,
     /// A stable identity of the backing store (e.g. its canonical path):
-    /// the NAA designator of VPD 83h is derived from it.
+    /// the NAA designator of VPD 83h is derived from it, and persisted
+    /// reservations are keyed by it.
     pub identity: String,
     /// False for files and non-rotational devices (VPD B1h rotation rate 1).
     pub rotational: bool,
-    /// Largest transfer in blocks (VPD B0h MAXIMUM TRANSFER LENGTH; READ and
-    /// WRITE longer than this are rejected). 0: no limit.
+    /// Largest transfer in blocks (VPD B0h MAXIMUM TRANSFER LENGTH; READ,
+    /// WRITE, VERIFY and WRITE AND VERIFY longer than this are rejected).
+    /// 0: no limit.
     pub max_transfer_blocks: u32,
     /// Preferred transfer size in blocks (VPD B0h OPTIMAL TRANSFER LENGTH).
     pub optimal_transfer_blocks: u32,
+    /// The backing can deallocate (files: punch hole; block devices: only
+    /// with discard support). Enables UNMAP, the UNMAP bit of WRITE SAME,
+    /// LBPME and the thin provisioning claims of VPD B2h.
+    pub unmap: bool,
+    /// Deallocated blocks read back as zeros (LBPRZ).
+    pub lbprz: bool,
+    /// VPD B0h MAXIMUM UNMAP LBA COUNT (per UNMAP block descriptor).
+    pub max_unmap_blocks: u32,
+    /// VPD B0h MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT.
+    pub max_unmap_descriptors: u32,
+    /// VPD B0h MAXIMUM WRITE SAME LENGTH; 0: no limit reported.
+    pub max_write_same_blocks: u64,
+    /// VPD B0h MAXIMUM COMPARE AND WRITE LENGTH (1..=255; 0 disables
+    /// COMPARE AND WRITE).
+    pub max_compare_write_blocks: u8,
+}
+
+impl LunConfig {
+    /// A writable, non-rotational unit with the default limits: no
+    /// unmap, MAXIMUM TRANSFER LENGTH 0 (none), MAXIMUM COMPARE AND WRITE
+    /// LENGTH 1, unmap limits 4 Mi blocks / 64 descriptors (used when
+    /// `unmap` is set), no WRITE SAME limit. Serial and identity are
+    /// derived from the LUN number; callers override what they know.
+    pub fn new(lun: u16, block_size: BlockSize, num_blocks: BlockCount) -> Self {
+        LunConfig {
+            lun,
+            block_size,
+            num_blocks,
+            readonly: false,
+            serial: format!("LUN{lun}"),
+            identity: format!("lun{lun}"),
+            rotational: false,
+            max_transfer_blocks: 0,
+            optimal_transfer_blocks: 0,
+            unmap: false,
+            lbprz: false,
+            max_unmap_blocks: 4 * 1024 * 1024,
+            max_unmap_descriptors: 64,
+            max_write_same_blocks: 0,
+            max_compare_write_blocks: 1,
+        }
+    }
 }
 
 /// Errors building a target (configuration errors, never guest input).
@@ -46,21 +94,40 @@ pub enum ScsiError {
     LunOutOfRange(u16),
     #[error("LUN {lun}: {reason}")]
     InvalidConfig { lun: u16, reason: &'static str },
+    #[error("LUN {lun}: cannot load persistent reservations: {source}")]
+    PrLoad {
+        lun: u16,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A SCSI target: a map of logical units. `Send + Sync`: shared by all
-/// queues through an `Arc`; the only mutable state is atomics in
+/// queues through an `Arc`; per-unit state is behind a mutex in
 /// [`LogicalUnit`].
 pub struct Target {
     /// Sorted by LUN number, unique.
     luns: Vec<LogicalUnit>,
+    /// Where APTPL persistent reservations are saved.
+    pr_store: Option<Arc<dyn PrStore>>,
 }
 
 impl Target {
     /// Builds a target. Rejects duplicate LUNs, LUNs above 16383, empty
     /// units, and serial numbers that are not at most 252 printable ASCII
-    /// bytes.
+    /// bytes. Persistent reservations are not persisted (APTPL=1 is
+    /// rejected, PTPL_C=0).
     pub fn new(luns: Vec<LunConfig>) -> Result<Self, ScsiError> {
+        Self::build(luns, None)
+    }
+
+    /// As [`Target::new`], with APTPL persistent reservations saved in and
+    /// restored from `store` (keyed by `LunConfig::identity`).
+    pub fn with_pr_store(luns: Vec<LunConfig>, store: Arc<dyn PrStore>) -> Result<Self, ScsiError> {
+        Self::build(luns, Some(store))
+    }
+
+    fn build(luns: Vec<LunConfig>, pr_store: Option<Arc<dyn PrStore>>) -> Result<Self, ScsiError> {
         let mut luns = luns;
         luns.sort_by_key(|l| l.lun);
         for w in luns.windows(2) {
@@ -73,14 +140,38 @@ impl Target {
         for l in &luns {
             validate(l)?;
         }
+        let mut units = Vec::with_capacity(luns.len());
+        for cfg in luns {
+            let pr = match &pr_store {
+                Some(store) => {
+                    let saved = store
+                        .load(&cfg.identity)
+                        .map_err(|source| ScsiError::PrLoad {
+                            lun: cfg.lun,
+                            source,
+                        })?;
+                    saved
+                        .as_deref()
+                        .and_then(PrState::decode)
+                        .unwrap_or_default()
+                }
+                None => PrState::default(),
+            };
+            units.push(LogicalUnit::with_pr(cfg, pr));
+        }
         Ok(Target {
-            luns: luns.into_iter().map(LogicalUnit::new).collect(),
+            luns: units,
+            pr_store,
         })
     }
 
     /// The configured LUN numbers, ascending.
     pub fn lun_numbers(&self) -> Vec<u16> {
         self.luns.iter().map(|l| l.cfg.lun).collect()
+    }
+
+    pub(crate) fn pr_store(&self) -> Option<&Arc<dyn PrStore>> {
+        self.pr_store.as_ref()
     }
 
     fn logical_unit(&self, lun: u16) -> Option<&LogicalUnit> {
@@ -90,37 +181,137 @@ impl Target {
             .and_then(|i| self.luns.get(i))
     }
 
-    /// Execute one command addressed to `lun`. `cdb` is the CDB as sent
-    /// (the transport passes its whole CDB field; trailing bytes beyond the
-    /// opcode's length are ignored). `data_out` yields the initiator's
-    /// data-out bytes for commands with a parameter list (none yet: WRITE
-    /// data moves through [`Outcome::Io`]). Never panics.
-    pub fn execute(&self, lun: u16, cdb: &[u8], data_out: &mut dyn Read) -> Outcome {
-        let _ = data_out;
-        match self.dispatch(lun, cdb) {
+    /// LOGICAL UNIT RESET (SAM-5 7.6), called by the transport after it
+    /// drained the unit's I/O: releases the RESERVE(6)/(10) reservation
+    /// (persistent reservations survive), returns the mode parameters to
+    /// their defaults (WCE=1) and establishes BUS DEVICE RESET FUNCTION
+    /// OCCURRED (29h/03h) for every nexus. Unknown LUN: nothing.
+    pub fn lun_reset(&self, lun: u16) {
+        if let Some(lu) = self.logical_unit(lun) {
+            let mut st = lu.state();
+            st.legacy = None;
+            lu.set_write_cache(true);
+            st.ua.establish_all(UnitAttention::LunReset, None);
+        }
+    }
+
+    /// I_T NEXUS RESET (SAM-5 7.7), called by the transport after draining
+    /// the nexus's I/O: on every unit, releases a RESERVE(6)/(10)
+    /// reservation the nexus holds and establishes I_T NEXUS LOSS OCCURRED
+    /// (29h/07h) for that nexus. Persistent reservations survive.
+    pub fn nexus_reset(&self, nexus: NexusId) {
+        for lu in &self.luns {
+            let mut st = lu.state();
+            if st.legacy == Some(nexus) {
+                st.legacy = None;
+            }
+            st.ua.establish(nexus, UnitAttention::NexusLoss);
+        }
+    }
+
+    /// The backing of `lun` changed size: from now on the unit has
+    /// `new_num_blocks` blocks (0 is ignored: a unit has at least one), and
+    /// every nexus gets CAPACITY DATA HAS CHANGED (2Ah/09h, SBC-4 4.6).
+    pub fn capacity_changed(&self, lun: u16, new_num_blocks: BlockCount) {
+        if let Some(lu) = self.logical_unit(lun) {
+            if new_num_blocks.0 == 0 || new_num_blocks.to_bytes(lu.cfg.block_size).is_none() {
+                return;
+            }
+            let mut st = lu.state();
+            lu.set_capacity(new_num_blocks);
+            st.ua.establish_all(UnitAttention::CapacityChanged, None);
+        }
+    }
+
+    /// The LUN inventory changed: every nexus of every unit gets REPORTED
+    /// LUNS DATA HAS CHANGED (3Fh/0Eh, SPC-5 6.29).
+    pub fn luns_changed(&self) {
+        for lu in &self.luns {
+            lu.state()
+                .ua
+                .establish_all(UnitAttention::ReportedLunsChanged, None);
+        }
+    }
+
+    /// Clears a pending `ua` of `nexus` on every unit.
+    pub(crate) fn clear_ua(&self, nexus: NexusId, ua: UnitAttention) {
+        for lu in &self.luns {
+            lu.state().ua.clear(nexus, ua);
+        }
+    }
+
+    /// Execute one command from I_T nexus `nexus` addressed to `lun`.
+    /// `cdb` is the CDB as sent (the transport passes its whole CDB field;
+    /// trailing bytes beyond the opcode's length are ignored). `data_out`
+    /// yields the initiator's data-out bytes: the target reads parameter
+    /// lists and the small buffers of WRITE SAME, VERIFY, WRITE AND VERIFY
+    /// and COMPARE AND WRITE from it (WRITE data moves through
+    /// [`Outcome::Io`]). Never panics.
+    pub fn execute(
+        &self,
+        nexus: NexusId,
+        lun: u16,
+        cdb: &[u8],
+        data_out: &mut dyn Read,
+    ) -> Outcome {
+        match self.dispatch(nexus, lun, cdb, data_out) {
             Ok(outcome) => outcome,
             Err(sense) => Outcome::check_condition(sense),
         }
     }
 
     /// SAM-5 5.1: look the command up, answer for a missing LUN (SPC-5,
-    /// incorrect logical unit: only INQUIRY, REPORT LUNS and REQUEST SENSE are served there;
-    /// anything else is LOGICAL UNIT NOT SUPPORTED), check the CDB, run the
-    /// handler.
-    fn dispatch(&self, lun: u16, cdb: &[u8]) -> Result<Outcome, Sense> {
+    /// incorrect logical unit: only INQUIRY, REPORT LUNS and REQUEST SENSE
+    /// are served there; anything else is LOGICAL UNIT NOT SUPPORTED),
+    /// report a pending unit attention (SAM-5 5.14), check the CDB, check
+    /// reservations (SPC-4 5.9.1), run the handler.
+    fn dispatch(
+        &self,
+        nexus: NexusId,
+        lun: u16,
+        cdb: &[u8],
+        data_out: &mut dyn Read,
+    ) -> Result<Outcome, Sense> {
         let found = opcodes::lookup(cdb);
         let lu = self.logical_unit(lun);
-        if lu.is_none() && !matches!(found, Ok(cmd) if cmd.any_lun) {
-            return Err(Sense::lun_not_supported());
+        let exempt = matches!(found, Ok(cmd) if cmd.any_lun);
+        let Some(unit) = lu else {
+            if !exempt {
+                return Err(Sense::lun_not_supported());
+            }
+            return self.run(found?, nexus, lun, None, cdb, data_out);
+        };
+        if !exempt {
+            if let Some(ua) = unit.state().ua.take(nexus) {
+                return Err(ua.sense());
+            }
         }
-        let cmd = found?;
+        self.run(found?, nexus, lun, lu, cdb, data_out)
+    }
+
+    fn run(
+        &self,
+        cmd: &'static opcodes::Command,
+        nexus: NexusId,
+        lun: u16,
+        lu: Option<&LogicalUnit>,
+        cdb: &[u8],
+        data_out: &mut dyn Read,
+    ) -> Result<Outcome, Sense> {
         let cdb = Cdb::new(cdb.get(..cmd.cdb_len()).ok_or(Sense::invalid_opcode())?);
         opcodes::check_cdb(cmd, &cdb)?;
+        if let Some(unit) = lu {
+            if pr::conflicts(&unit.state(), nexus, cmd.pr_class) {
+                return Ok(Outcome::reservation_conflict());
+            }
+        }
         (cmd.handler)(&Ctx {
             target: self,
+            nexus,
             lun,
             lu,
             cdb,
+            data_out: RefCell::new(data_out),
         })
     }
 }
@@ -141,6 +332,9 @@ fn validate(l: &LunConfig) -> Result<(), ScsiError> {
     }
     if !l.serial.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
         return Err(bad("serial number is not printable ASCII"));
+    }
+    if l.unmap && (l.max_unmap_blocks == 0 || l.max_unmap_descriptors == 0) {
+        return Err(bad("unmap needs nonzero unmap limits"));
     }
     Ok(())
 }

@@ -282,9 +282,32 @@ impl RequestWorker {
         let cdb = req.header.cdb;
         let outcome = {
             let mut data_out = req.data_out.reader(&mem);
-            self.device.target.execute(lun, &cdb, &mut data_out)
+            // COMPILE SHIM (wt-scsi4): one nexus per connection is the
+            // integrator's job.
+            self.device
+                .target
+                .execute(crate::scsi::NexusId(0), lun, &cdb, &mut data_out)
         };
         match outcome {
+            // COMPILE SHIM (wt-scsi4): the new backing-store outcomes are
+            // the integrator's job; until then, INTERNAL TARGET FAILURE.
+            Outcome::Unmap { .. }
+            | Outcome::WriteSame { .. }
+            | Outcome::Verify { .. }
+            | Outcome::WriteVerify { .. }
+            | Outcome::CompareAndWrite { .. }
+            | Outcome::GetLbaStatus { .. } => {
+                let sense = Sense::new(crate::scsi::SenseKey::HardwareError, 0x44, 0);
+                let used = write_response(
+                    &mem,
+                    &req.resp,
+                    S_OK,
+                    Status::CheckCondition,
+                    Some(&sense),
+                    0,
+                );
+                self.add_used(state, head, used)
+            }
             Outcome::Complete {
                 status,
                 sense,

@@ -103,7 +103,7 @@ fn read_capacity10() {
     for (n, last) in [(1u64 << 32, u32::MAX), ((1u64 << 32) - 1, u32::MAX - 1)] {
         let mut c = cfg(0);
         c.num_blocks = BlockCount(n);
-        let t = Target::new(vec![c]).unwrap();
+        let t = settled(Target::new(vec![c]).unwrap());
         let d = good(exec(&t, 0, &cdb(10, &[0x25])));
         assert_eq!(d[..4], last.to_be_bytes());
     }
@@ -139,8 +139,11 @@ fn read_capacity16() {
     assert_eq!(good(exec(&t, 0, &rc16(5, 32, true))).len(), 32);
     assert_invalid_field(exec(&t, 0, &rc16(5, 32, false)), 2, None);
     // Other SERVICE ACTION IN(16) actions: INVALID FIELD at the SA field.
+    // LBPME/LBPRZ on the thin-provisioned LUN 0.
+    let d = good(exec(&t, 0, &rc16(0, 32, false)));
+    assert_eq!(&d[14..16], &[0xc0, 0]);
     let mut c = rc16(0, 32, false);
-    c[1] = 0x12;
+    c[1] = 0x13;
     assert_invalid_field(exec(&t, 0, &c), 1, Some(4));
 }
 
@@ -150,9 +153,10 @@ fn unknown_opcodes_and_missing_luns() {
     let invalid_op = |o| assert_sense(check(o), SenseKey::IllegalRequest, 0x20, 0, [0; 3]);
     let no_lun = |o| assert_sense(check(o), SenseKey::IllegalRequest, 0x25, 0, [0; 3]);
     invalid_op(exec(&t, 0, &[0x04, 0, 0, 0, 0, 0])); // FORMAT UNIT
-    invalid_op(exec(&t, 0, &cdb(10, &[0x42]))); // UNMAP
-    invalid_op(exec(&t, 0, &cdb(12, &[0xa3, 0x0c]))); // REPORT SUPPORTED OPCODES
-    invalid_op(exec(&t, 0, &cdb(10, &[0x15]))); // MODE SELECT(6)
+    invalid_op(exec(&t, 0, &cdb(10, &[0x34]))); // PRE-FETCH(10)
+    invalid_op(exec(&t, 0, &cdb(12, &[0xa4, 0x0c]))); // MAINTENANCE OUT
+    invalid_op(exec(&t, 0, &cdb(6, &[0x1e]))); // PREVENT ALLOW MEDIUM REMOVAL
+    invalid_op(exec(&t, 300, &cdb(10, &[0x42]))); // UNMAP without LBPU
     invalid_op(exec(&t, 0, &[]));
     // Non-existent LUN: everything but INQUIRY, REPORT LUNS, REQUEST SENSE.
     for c in [

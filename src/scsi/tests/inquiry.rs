@@ -108,18 +108,31 @@ fn vpd_device_identification_long_serial_fits() {
 
 #[test]
 fn vpd_block_limits() {
-    let d = good(exec(&target(), 0, &inq(true, 0xb0, 255)));
+    let t = target();
+    // LUN 300: no unmap.
+    let d = good(exec(&t, 300, &inq(true, 0xb0, 255)));
     assert_eq!(d.len(), 64);
     assert_eq!(&d[..4], &[0, 0xb0, 0, 0x3c]);
-    assert_eq!(d[4], 0); // WSNZ
-    assert_eq!(d[5], 0); // MAXIMUM COMPARE AND WRITE LENGTH
+    assert_eq!(d[4], 1); // WSNZ
+    assert_eq!(d[5], 1); // MAXIMUM COMPARE AND WRITE LENGTH
     assert_eq!(&d[6..8], &[0, 1]); // OPTIMAL TRANSFER LENGTH GRANULARITY
-    assert_eq!(&d[8..12], &2048u32.to_be_bytes());
+    assert_eq!(&d[8..12], &0u32.to_be_bytes());
     assert_eq!(&d[12..16], &256u32.to_be_bytes());
     assert!(
         d[16..].iter().all(|&b| b == 0),
         "no unmap/write same limits"
     );
+    // LUN 0: unmap limits, optimal unmap granularity 1.
+    let d = good(exec(&t, 0, &inq(true, 0xb0, 255)));
+    assert_eq!(&d[8..12], &2048u32.to_be_bytes());
+    assert_eq!(&d[20..24], &(4u32 * 1024 * 1024).to_be_bytes());
+    assert_eq!(&d[24..28], &64u32.to_be_bytes());
+    assert_eq!(&d[28..32], &1u32.to_be_bytes());
+    assert_eq!(&d[32..36], &[0; 4]); // UGAVALID 0
+    assert_eq!(&d[36..44], &[0; 8]); // MAXIMUM WRITE SAME LENGTH: none
+                                     // Read-only LUN 5: no COMPARE AND WRITE.
+    let d = good(exec(&t, 5, &inq(true, 0xb0, 255)));
+    assert_eq!(d[5], 0);
 }
 
 #[test]
@@ -136,7 +149,11 @@ fn vpd_block_device_characteristics() {
 
 #[test]
 fn vpd_logical_block_provisioning() {
-    let d = good(exec(&target(), 0, &inq(true, 0xb2, 255)));
+    let t = target();
+    // LBPU, LBPWS, LBPWS10, LBPRZ 001b; provisioning type 2 (thin).
+    let d = good(exec(&t, 0, &inq(true, 0xb2, 255)));
+    assert_eq!(d, vec![0, 0xb2, 0, 4, 0, 0xe4, 2, 0]);
+    let d = good(exec(&t, 300, &inq(true, 0xb2, 255)));
     assert_eq!(d, vec![0, 0xb2, 0, 4, 0, 0, 0, 0]);
 }
 

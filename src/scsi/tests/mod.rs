@@ -15,17 +15,16 @@ const BIG: u64 = 0x1_2345_6789;
 
 fn cfg(lun: u16) -> LunConfig {
     LunConfig {
-        lun,
-        block_size: BlockSize::B512,
-        num_blocks: BlockCount(2 * 1024 * 1024),
-        readonly: false,
         serial: format!("SER{lun}"),
         identity: format!("/images/disk{lun}.img"),
-        rotational: false,
         max_transfer_blocks: 2048,
         optimal_transfer_blocks: 256,
+        ..LunConfig::new(lun, BlockSize::B512, BlockCount(2 * 1024 * 1024))
     }
 }
+
+/// The nexus `exec` uses.
+const N0: NexusId = NexusId(0);
 
 fn target() -> Target {
     let mut ro = cfg(5);
@@ -33,14 +32,33 @@ fn target() -> Target {
     ro.block_size = BlockSize::B4096;
     ro.num_blocks = BlockCount(1000);
     ro.rotational = true;
+    let mut thin = cfg(0);
+    thin.unmap = true;
+    thin.lbprz = true;
     let mut big = cfg(300);
     big.num_blocks = BlockCount(BIG);
     big.max_transfer_blocks = 0;
-    Target::new(vec![big, cfg(0), ro]).unwrap()
+    settled(Target::new(vec![big, thin, ro]).unwrap())
+}
+
+/// `t` after nexus N0 has seen (and cleared) its POWER ON unit attention on
+/// every LUN.
+fn settled(t: Target) -> Target {
+    for lun in t.lun_numbers() {
+        let s = check(t.execute(N0, lun, &[0; 6], &mut std::io::empty()));
+        assert_eq!((s.key, s.asc, s.ascq), (SenseKey::UnitAttention, 0x29, 0));
+    }
+    t
 }
 
 fn exec(t: &Target, lun: u16, cdb: &[u8]) -> Outcome {
-    t.execute(lun, cdb, &mut std::io::empty())
+    t.execute(N0, lun, cdb, &mut std::io::empty())
+}
+
+/// `exec` with data-out and a nexus.
+fn exec_data(t: &Target, nexus: u64, lun: u16, cdb: &[u8], data: &[u8]) -> Outcome {
+    let mut r = data;
+    t.execute(NexusId(nexus), lun, cdb, &mut r)
 }
 
 /// The data of a GOOD completion.
@@ -130,3 +148,9 @@ fn new_rejects_bad_configs() {
     assert_eq!(target().lun_numbers(), vec![0, 5, 300]);
     assert!(Target::new(vec![]).unwrap().lun_numbers().is_empty());
 }
+
+mod mode_select;
+mod pr;
+mod provisioning;
+mod rsoc;
+mod ua;

@@ -84,10 +84,10 @@ fn page_control_values() {
         assert_eq!(&d[4..24], &CACHING_WCE, "pc {pc}");
         assert_eq!(&d[24..], &CONTROL, "pc {pc}");
     }
-    // Changeable: nothing is.
+    // Changeable: only WCE.
     let d = good(exec(&t, 0, &ms6(0x08, 0x40 | 0x3f, 0, 255)));
-    assert_eq!(&d[4..6], &[0x08, 0x12]);
-    assert!(d[6..24].iter().all(|&b| b == 0));
+    assert_eq!(&d[4..7], &[0x08, 0x12, 0x04]);
+    assert!(d[7..24].iter().all(|&b| b == 0));
     assert_eq!(&d[24..26], &[0x0a, 0x0a]);
     assert!(d[26..].iter().all(|&b| b == 0));
     // Saved: SAVING PARAMETERS NOT SUPPORTED, pointing at PC.

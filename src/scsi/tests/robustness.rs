@@ -17,20 +17,40 @@ fn minimal_cdb(cmd: &Command) -> Vec<u8> {
     if cmd.opcode == 0x1a || cmd.opcode == 0x5a {
         c[2] = 0x3f; // MODE SENSE: all pages (page 00h is vendor specific)
     }
+    match cmd.opcode {
+        0x15 | 0x55 => c[1] = 0x10, // MODE SELECT: PF=1
+        0x41 => c[8] = 1,           // WRITE SAME(10): one block
+        0x93 => c[13] = 1,          // WRITE SAME(16): one block
+        0x5f => {
+            c[2] = 0x01; // PR OUT: TYPE Write Exclusive
+            c[8] = 24; // PARAMETER LIST LENGTH
+        }
+        _ => {}
+    }
     c
 }
+
+/// Data-out for the minimal CDBs: zeros, enough for any of them.
+const ZEROS: [u8; 8192] = [0; 8192];
 
 #[test]
 fn every_table_entry_dispatches() {
     let t = target();
     for cmd in COMMANDS {
         let c = minimal_cdb(cmd);
+        let exec = |t: &Target, lun, c: &[u8]| exec_data(t, 0, lun, c, &ZEROS);
         match exec(&t, 0, &c) {
             Outcome::Complete {
                 status: Status::Good,
                 ..
             }
-            | Outcome::Flush => {}
+            | Outcome::Flush
+            | Outcome::WriteSame { .. } => {}
+            // PR OUT RESERVE/RELEASE/PREEMPT from an unregistered nexus.
+            Outcome::Complete {
+                status: Status::ReservationConflict,
+                ..
+            } if cmd.opcode == 0x5f => {}
             // READ/WRITE(6): length 0 means 256 blocks.
             Outcome::Io(io) => assert_eq!(io.blocks.0, 256, "{}", cmd.name),
             other => panic!("{}: {other:?}", cmd.name),
@@ -85,9 +105,36 @@ impl Rng {
     }
 }
 
+fn geometry(lun: u16, c: &[u8]) -> (u64, u64) {
+    match lun {
+        0 => (512, 2 * 1024 * 1024),
+        5 => (4096, 1000),
+        300 => (512, BIG),
+        _ => panic!("backing work on missing LUN {lun}: {c:02x?}"),
+    }
+}
+
 #[track_caller]
-fn check_invariants(t: &Target, lun: u16, c: &[u8]) {
-    match exec(t, lun, c) {
+fn check_range(lun: u16, r: &ByteRange, c: &[u8]) {
+    let (bs, cap) = geometry(lun, c);
+    assert!(r.len.0 > 0, "{c:02x?}");
+    assert_eq!(r.offset.0 % bs, 0);
+    assert_eq!(r.len.0 % bs, 0);
+    assert!(r.offset.0 + r.len.0 <= cap * bs, "{c:02x?}");
+}
+
+#[track_caller]
+fn check_invariants(t: &Target, lun: u16, c: &[u8], data: &[u8]) {
+    let o = exec_data(t, 0, lun, c, data);
+    let writes = matches!(
+        o,
+        Outcome::Unmap { .. }
+            | Outcome::WriteSame { .. }
+            | Outcome::WriteVerify { .. }
+            | Outcome::CompareAndWrite { .. }
+    );
+    assert!(!(writes && lun == 5), "write on read-only LUN: {c:02x?}");
+    match o {
         Outcome::Complete {
             status: Status::Good,
             sense,
@@ -100,14 +147,14 @@ fn check_invariants(t: &Target, lun: u16, c: &[u8]) {
         } => {
             assert!(sense.is_some() && data.is_empty(), "{c:02x?}");
         }
+        Outcome::Complete {
+            status: Status::ReservationConflict,
+            sense,
+            data,
+        } => assert!(sense.is_none() && data.is_empty()),
         Outcome::Complete { status, .. } => panic!("status {status:?} for {c:02x?}"),
         Outcome::Io(io) => {
-            let (bs, cap) = match lun {
-                0 => (512, 2 * 1024 * 1024),
-                5 => (4096, 1000),
-                300 => (512, BIG),
-                _ => panic!("I/O on missing LUN {lun}: {c:02x?}"),
-            };
+            let (bs, cap) = geometry(lun, c);
             assert!(io.blocks.0 > 0);
             assert!(io.lba.0 + io.blocks.0 <= cap, "{c:02x?}");
             assert_eq!(io.offset.0, io.lba.0 * bs);
@@ -115,6 +162,40 @@ fn check_invariants(t: &Target, lun: u16, c: &[u8]) {
             assert!(!(lun == 5 && io.dir == IoDir::Write));
         }
         Outcome::Flush => assert!([0, 5, 300].contains(&lun)),
+        Outcome::Unmap { ranges } => {
+            assert!(!ranges.is_empty());
+            for r in &ranges {
+                check_range(lun, r, c);
+            }
+        }
+        Outcome::WriteSame { range, block, .. } => {
+            check_range(lun, &range, c);
+            assert_eq!(block.len() as u64, geometry(lun, c).0);
+        }
+        Outcome::Verify { range, expected } => {
+            check_range(lun, &range, c);
+            if let Some(e) = expected {
+                assert_eq!(e.len() as u64, range.len.0);
+            }
+        }
+        Outcome::WriteVerify { range, data, .. } => {
+            check_range(lun, &range, c);
+            assert_eq!(data.len() as u64, range.len.0);
+        }
+        Outcome::CompareAndWrite {
+            range,
+            compare,
+            write,
+            ..
+        } => {
+            check_range(lun, &range, c);
+            assert_eq!(compare.len() as u64, range.len.0);
+            assert_eq!(write.len() as u64, range.len.0);
+        }
+        Outcome::GetLbaStatus { lun: l, start, .. } => {
+            assert_eq!(l, lun);
+            assert!(start.0 < geometry(lun, c).1);
+        }
     }
 }
 
@@ -146,10 +227,29 @@ fn fuzz_never_panics() {
                     masked[1] = (masked[1] & !0x1f) | sa;
                 }
             }
+            // Small lengths and LBAs, so that more commands pass the checks.
+            let mut small = masked;
+            for b in small.iter_mut().skip(2).take(8) {
+                *b &= 0x01;
+            }
+            // Random data-out: parameter lists and buffers.
+            let dlen = (rng.next() % 600) as usize;
+            let mut data: Vec<u8> = (0..dlen).map(|_| rng.next() as u8).collect();
+            if pattern == 5 {
+                // A plausible header: lengths that fit.
+                for (i, b) in data.iter_mut().enumerate().take(8) {
+                    *b = if i % 2 == 1 {
+                        (dlen as u8).wrapping_sub(8)
+                    } else {
+                        0
+                    };
+                }
+            }
             for lun in [0u16, 5, 300, 7, 16383] {
                 for len in (0..=16).chain([32]) {
-                    check_invariants(&t, lun, &buf[..len]);
-                    check_invariants(&t, lun, &masked[..len]);
+                    check_invariants(&t, lun, &buf[..len], &data);
+                    check_invariants(&t, lun, &masked[..len], &data);
+                    check_invariants(&t, lun, &small[..len], &data);
                 }
             }
         }

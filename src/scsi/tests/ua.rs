@@ -1,0 +1,84 @@
+//! Unit attention lifecycle.
+
+use super::*;
+
+const TUR: [u8; 6] = [0; 6];
+
+#[track_caller]
+fn ua(o: Outcome, asc: u8, ascq: u8) {
+    assert_sense(check(o), SenseKey::UnitAttention, asc, ascq, [0; 3]);
+}
+
+#[test]
+fn power_on_per_nexus_and_exempt_commands() {
+    let t = Target::new(vec![cfg(0), cfg(1)]).unwrap();
+    let e = |n, lun, c: &[u8]| exec_data(&t, n, lun, c, &[]);
+    // INQUIRY and REPORT LUNS neither report nor clear.
+    good(e(1, 0, &[0x12, 0, 0, 0, 36, 0]));
+    good(e(1, 0, &cdb(12, &[0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 16])));
+    ua(e(1, 0, &TUR), 0x29, 0);
+    assert_eq!(e(1, 0, &TUR), Outcome::good());
+    // Per LUN and per nexus.
+    ua(e(1, 1, &TUR), 0x29, 0);
+    // Even an invalid opcode reports it first.
+    ua(e(2, 0, &[0xff; 16]), 0x29, 0);
+    // REQUEST SENSE returns and clears it.
+    let d = good(e(3, 0, &[0x03, 0, 0, 0, 252, 0]));
+    assert_eq!((d[2], d[12], d[13]), (0x06, 0x29, 0));
+    assert_eq!(e(3, 0, &TUR), Outcome::good());
+    let d = good(e(3, 0, &[0x03, 0, 0, 0, 252, 0]));
+    assert_eq!((d[2], d[12]), (0, 0));
+    // Missing LUN: no UA.
+    assert_sense(
+        check(e(4, 9, &TUR)),
+        SenseKey::IllegalRequest,
+        0x25,
+        0,
+        [0; 3],
+    );
+}
+
+#[test]
+fn resets_capacity_and_luns_changed() {
+    let t = target();
+    let n1 = |c: &[u8]| exec_data(&t, 1, 0, c, &[]);
+    check(n1(&TUR));
+    // LUN reset: everyone, 29h/03h.
+    t.lun_reset(0);
+    ua(exec(&t, 0, &TUR), 0x29, 0x03);
+    ua(n1(&TUR), 0x29, 0x03);
+    assert_eq!(exec(&t, 300, &TUR), Outcome::good());
+    // I_T nexus reset: only that nexus, every LUN.
+    t.nexus_reset(NexusId(1));
+    assert_eq!(exec(&t, 0, &TUR), Outcome::good());
+    ua(n1(&TUR), 0x29, 0x07);
+    // Capacity change: new capacity, UA to all.
+    t.capacity_changed(0, BlockCount(100));
+    t.luns_changed();
+    ua(exec(&t, 0, &TUR), 0x2a, 0x09);
+    assert_eq!(
+        check(exec(&t, 0, &cdb(10, &[0x28, 0, 0, 0, 0, 100, 0, 0, 1]))).asc,
+        0x3f
+    );
+    assert_eq!(
+        check(exec(&t, 0, &cdb(10, &[0x28, 0, 0, 0, 0, 100, 0, 0, 1]))).asc,
+        0x21
+    );
+    let d = good(exec(&t, 0, &cdb(10, &[0x25])));
+    assert_eq!(&d[..4], &99u32.to_be_bytes());
+    // REPORT LUNS clears REPORTED LUNS DATA HAS CHANGED on every unit.
+    ua(n1(&TUR), 0x2a, 0x09);
+    good(n1(&cdb(12, &[0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 16])));
+    assert_eq!(n1(&TUR), Outcome::good());
+    // Precedence: reset class before others.
+    t.capacity_changed(0, BlockCount(200));
+    t.lun_reset(0);
+    ua(n1(&TUR), 0x29, 0x03);
+    ua(n1(&TUR), 0x2a, 0x09);
+    assert_eq!(n1(&TUR), Outcome::good());
+    // Ignored: capacity 0, unknown LUNs.
+    t.capacity_changed(0, BlockCount(0));
+    t.capacity_changed(77, BlockCount(5));
+    t.lun_reset(77);
+    assert_eq!(n1(&TUR), Outcome::good());
+}

@@ -10,6 +10,7 @@ use nix::sys::signal::{SigSet, Signal};
 use tracing_subscriber::EnvFilter;
 
 use vhost_user_scsi::cli::{build_device, Cli, Command, ServeArgs};
+use vhost_user_scsi::scsi::{fnv1a64, NexusId};
 use vhost_user_scsi::vhost::{bind, serve, ServerConfig, ShutdownSignal};
 
 fn main() -> ExitCode {
@@ -74,6 +75,18 @@ fn one_line(e: &anyhow::Error) -> String {
     out
 }
 
+/// The I_T nexus of the controller on `socket`: stable across restarts, so
+/// persisted reservations find their initiator again.
+fn nexus_of(socket: &std::path::Path) -> NexusId {
+    let dir = socket
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .and_then(|p| std::fs::canonicalize(p).ok())
+        .unwrap_or_default();
+    let name = dir.join(socket.file_name().unwrap_or_default());
+    NexusId(fnv1a64(name.as_os_str().as_encoded_bytes()))
+}
+
 fn run_serve(args: &ServeArgs) -> anyhow::Result<()> {
     // Block SIGINT/SIGTERM before any thread starts so that every thread
     // inherits the mask and only the signal thread receives them.
@@ -99,6 +112,7 @@ fn run_serve(args: &ServeArgs) -> anyhow::Result<()> {
     }
     let config = ServerConfig {
         socket: args.socket.clone(),
+        nexus: nexus_of(&args.socket),
         request_queues: usize::from(args.num_queues),
         queue_size: usize::from(args.queue_size),
     };

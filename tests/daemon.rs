@@ -30,11 +30,22 @@ fn two_disks(dir: &std::path::Path) -> Vec<String> {
 #[test]
 fn handshake_capacity_and_identity() {
     let d = Daemon::start(two_disks, &["--num-queues", "4"]);
-    let fe = d.connect(2);
+    let fe = d.connect_raw(2);
+    // A new I_T nexus: INQUIRY answers, TEST UNIT READY reports POWER ON
+    // OCCURRED once (SAM-5 unit attention), then GOOD.
+    let r = fe
+        .command(0, 0, &cdb::inquiry(false, 0, 36), DataDir::FromDevice(36))
+        .unwrap();
+    assert_eq!(r.status, GOOD);
+    let r = fe
+        .command(0, 0, &cdb::test_unit_ready(), DataDir::None)
+        .unwrap();
+    assert_eq!((r.status, r.sense_key()), (CHECK, Some((6, 0x29, 0))));
     let r = fe
         .command(0, 0, &cdb::test_unit_ready(), DataDir::None)
         .unwrap();
     assert_eq!((r.response, r.status), (S_OK, GOOD));
+    common::settle(&fe, [1, 5]);
     let r = fe
         .command(1, 0, &cdb::read_capacity16(32), DataDir::FromDevice(32))
         .unwrap();
@@ -152,6 +163,7 @@ fn descriptor_splits_and_indirect_tables() {
     cfg.request_queues = 1;
     cfg.indirect = true;
     let fe = vhost_user_scsi::frontend::ScsiFrontend::connect(&cfg).unwrap();
+    common::settle(&fe, [0, 1, 5]);
     let data = pattern(7, 3, 4096);
     let cases = [
         (Split::Linux, false),
@@ -525,6 +537,7 @@ fn frontend_without_event_idx_and_with_qemu_feature_quirk() {
     // QEMU 10 acks VIRTIO_SCSI_F_CHANGE with param_change=on.
     cfg.force_features = F_CHANGE;
     let fe = vhost_user_scsi::frontend::ScsiFrontend::connect(&cfg).unwrap();
+    common::settle(&fe, [0, 1, 5]);
     for i in 0..50u32 {
         let r = fe
             .command(0, 0, &cdb::read10(i, 1, false), DataDir::FromDevice(512))

@@ -48,6 +48,11 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=i64::from(MAX_NUM_QUEUES)))]
     pub num_queues: u16,
 
+    /// Directory for persistent-reservation state (APTPL): one file per
+    /// LUN, so reservations survive a restart. Without it, APTPL is refused.
+    #[arg(long, value_name = "DIR")]
+    pub pr_state: Option<PathBuf>,
+
     /// Maximum virtqueue size (1..=1024, a power of two).
     #[arg(long, default_value_t = 256, value_parser = parse_queue_size)]
     pub queue_size: u16,

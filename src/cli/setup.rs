@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::block::{Backing, BackingKind, BlockError};
-use crate::scsi::{LunConfig, ScsiError, Target};
+use crate::scsi::{DirPrStore, LunConfig, ScsiError, Target};
 use crate::units::{BlockSize, ByteCount};
 use crate::vhost::{Device, LunBacking};
 
@@ -16,6 +16,11 @@ use super::{DiskSpec, ServeArgs, SpecError};
 pub const MAX_TRANSFER_BYTES: u32 = 4 << 20;
 /// Preferred transfer size we advertise (VPD B0h), in bytes.
 pub const OPTIMAL_TRANSFER_BYTES: u32 = 128 << 10;
+
+/// Most UNMAP block descriptors in one command (VPD B0h).
+pub const MAX_UNMAP_DESCRIPTORS: u32 = 256;
+/// Largest WRITE SAME we advertise (VPD B0h), in bytes.
+pub const MAX_WRITE_SAME_BYTES: u64 = 1 << 30;
 
 /// Why the disks cannot be served.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +49,8 @@ pub enum SetupError {
     UnsupportedDeviceBlockSize { path: String, device: u32 },
     #[error("{0}")]
     Scsi(#[from] ScsiError),
+    #[error("--pr-state {dir}: {source}")]
+    PrState { dir: String, source: std::io::Error },
 }
 
 /// Open every disk of `args` and build the device.
@@ -62,13 +69,20 @@ pub fn build_device(args: &ServeArgs) -> Result<Device, SetupError> {
             direct = backing.is_direct(),
             "disk"
         );
+        luns.push(LunBacking::new(lun, Arc::new(backing), config.block_size));
         configs.push(config);
-        luns.push(LunBacking {
-            lun,
-            backing: Arc::new(backing),
-        });
     }
-    Ok(Device::new(Target::new(configs)?, luns))
+    let target = match &args.pr_state {
+        Some(dir) => {
+            let store = DirPrStore::new(dir).map_err(|source| SetupError::PrState {
+                dir: dir.display().to_string(),
+                source,
+            })?;
+            Target::with_pr_store(configs, Arc::new(store))?
+        }
+        None => Target::new(configs)?,
+    };
+    Ok(Device::new(target, luns))
 }
 
 fn open_disk(spec: &DiskSpec, lun: u16) -> Result<(LunConfig, Backing), SetupError> {
@@ -117,7 +131,23 @@ fn open_disk(spec: &DiskSpec, lun: u16) -> Result<(LunConfig, Backing), SetupErr
         optimal_transfer_blocks: OPTIMAL_TRANSFER_BYTES >> block_size.shift(),
         ..LunConfig::new(lun, block_size, size.to_blocks(block_size))
     };
+    let config = with_provisioning(config, &backing);
     Ok((config, backing))
+}
+
+/// Thin provisioning as far as the backing supports it: UNMAP and WRITE
+/// SAME with UNMAP only where it can deallocate, LBPRZ only where
+/// deallocated blocks read back as zeros.
+fn with_provisioning(mut config: LunConfig, backing: &Backing) -> LunConfig {
+    let bs = u64::from(config.block_size.bytes());
+    config.unmap = backing.supports_unmap();
+    config.lbprz = config.unmap && backing.unmap_zeroes();
+    config.max_unmap_blocks = u32::try_from(backing.max_discard_bytes() / bs)
+        .unwrap_or(u32::MAX)
+        .max(1);
+    config.max_unmap_descriptors = MAX_UNMAP_DESCRIPTORS;
+    config.max_write_same_blocks = MAX_WRITE_SAME_BYTES / bs;
+    config
 }
 
 /// A stable identity for a backing path: its canonical form.

@@ -16,8 +16,10 @@ use vmm_sys_util::event::{
 
 use super::control::ControlQueue;
 use super::device::Device;
+use super::slow::SlowLane;
 use super::worker::{RequestWorker, Vring};
 use crate::block::{BlockError, Engine};
+use crate::scsi::NexusId;
 use crate::virtio_scsi::{GuestMem, F_CHANGE};
 
 /// VHOST_USER_F_PROTOCOL_FEATURES.
@@ -47,6 +49,7 @@ impl ScsiBackend {
     /// io_uring, over `mem` (the memory the daemon's handler updates).
     pub fn new(
         device: Arc<Device>,
+        nexus: NexusId,
         request_queues: usize,
         queue_size: usize,
         mem: GuestMemoryAtomic<GuestMem>,
@@ -54,11 +57,18 @@ impl ScsiBackend {
         let mut workers = Vec::with_capacity(request_queues);
         for i in 0..request_queues {
             let engine = Engine::new_shared(u32::try_from(queue_size).unwrap_or(1024))?;
-            workers.push(Mutex::new(RequestWorker::new(i, device.clone(), engine)));
+            let slow = SlowLane::new(format!("slow-lane-{i}")).map_err(BlockError::Ring)?;
+            workers.push(Mutex::new(RequestWorker::new(
+                i,
+                nexus,
+                device.clone(),
+                engine,
+                slow,
+            )));
         }
         Ok(ScsiBackend {
             inner: Arc::new(Inner {
-                control: Mutex::new(ControlQueue::new(device.clone())),
+                control: Mutex::new(ControlQueue::new(device.clone(), nexus)),
                 device,
                 queue_size,
                 mem,
@@ -79,9 +89,20 @@ impl ScsiBackend {
         (self.num_queues() + 1) as u64
     }
 
+    /// The token under which worker thread `1 + i` registers its slow
+    /// lane's eventfd.
+    pub fn slow_token(&self) -> u64 {
+        (self.num_queues() + 2) as u64
+    }
+
     /// The io_uring eventfd of request queue `i`.
     pub fn completion_fd(&self, i: usize) -> Option<std::os::fd::RawFd> {
         self.inner.workers.get(i).map(|w| lock(w).engine_event_fd())
+    }
+
+    /// The slow lane's eventfd of request queue `i`.
+    pub fn slow_fd(&self, i: usize) -> Option<std::os::fd::RawFd> {
+        self.inner.workers.get(i).map(|w| lock(w).slow_event_fd())
     }
 
     /// Wait for and complete every in-flight request on every queue.
@@ -193,6 +214,8 @@ impl VhostUserBackend for ScsiBackend {
         let mut worker = lock(worker);
         if u64::from(device_event) == self.completion_token() {
             worker.process_completions();
+        } else if u64::from(device_event) == self.slow_token() {
+            worker.process_slow();
         } else if let Some(vring) = vrings.first() {
             worker.process_queue(vring, event_idx, mem);
         }

@@ -10,6 +10,7 @@ use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic};
 use super::device::Device;
 use super::ratelimit::{warn_limited, RateLimit};
 use super::worker::{RequestWorker, Vring};
+use crate::scsi::NexusId;
 use crate::virtio_scsi::{
     decode_lun, parse_ctrl, split_chain, CtrlAnResp, CtrlRequest, CtrlTmfReq, GuestMem, LunAddress,
     S_BAD_TARGET, S_FAILURE, S_FUNCTION_COMPLETE, S_FUNCTION_REJECTED, S_FUNCTION_SUCCEEDED,
@@ -22,13 +23,15 @@ const AN_RESP_LEN: u64 = std::mem::size_of::<CtrlAnResp>() as u64;
 /// The control queue's state.
 pub(crate) struct ControlQueue {
     device: Arc<Device>,
+    nexus: NexusId,
     log: RateLimit,
 }
 
 impl ControlQueue {
-    pub(crate) fn new(device: Arc<Device>) -> Self {
+    pub(crate) fn new(device: Arc<Device>, nexus: NexusId) -> Self {
         ControlQueue {
             device,
+            nexus,
             log: RateLimit::new(),
         }
     }
@@ -124,12 +127,20 @@ impl ControlQueue {
                 drain_where(workers, |w| w.has_tag(lun, tag));
                 S_FUNCTION_COMPLETE
             }
-            T_TMF_ABORT_TASK_SET | T_TMF_CLEAR_TASK_SET | T_TMF_LOGICAL_UNIT_RESET => {
+            T_TMF_ABORT_TASK_SET | T_TMF_CLEAR_TASK_SET => {
                 drain_where(workers, |w| w.has_lun_requests(lun));
+                S_FUNCTION_COMPLETE
+            }
+            T_TMF_LOGICAL_UNIT_RESET => {
+                drain_where(workers, |w| w.has_lun_requests(lun));
+                // SAM-5: reset the logical unit's state; unit attention to
+                // every I_T nexus.
+                self.device.target.lun_reset(lun);
                 S_FUNCTION_COMPLETE
             }
             T_TMF_I_T_NEXUS_RESET => {
                 drain_where(workers, |_| true);
+                self.device.target.nexus_reset(self.nexus);
                 S_FUNCTION_COMPLETE
             }
             T_TMF_QUERY_TASK => {

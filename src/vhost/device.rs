@@ -3,14 +3,30 @@
 
 use std::sync::Arc;
 
+use super::exec::WriteGate;
 use crate::block::Backing;
 use crate::scsi::Target;
+use crate::units::BlockSize;
 
 /// The backing store of one LUN.
 #[derive(Debug)]
 pub struct LunBacking {
     pub lun: u16,
     pub backing: Arc<Backing>,
+    pub block_size: BlockSize,
+    /// Orders COMPARE AND WRITE against other writes to this LUN.
+    pub gate: Arc<WriteGate>,
+}
+
+impl LunBacking {
+    pub fn new(lun: u16, backing: Arc<Backing>, block_size: BlockSize) -> Self {
+        LunBacking {
+            lun,
+            backing,
+            block_size,
+            gate: Arc::default(),
+        }
+    }
 }
 
 /// A SCSI target plus the backing of each of its LUNs.
@@ -26,7 +42,12 @@ impl Device {
 
     /// The backing of `lun`, if it exists.
     pub fn backing(&self, lun: u16) -> Option<&Arc<Backing>> {
-        self.luns.iter().find(|l| l.lun == lun).map(|l| &l.backing)
+        self.lun(lun).map(|l| &l.backing)
+    }
+
+    /// `lun`'s backing, block size and write gate, if it exists.
+    pub fn lun(&self, lun: u16) -> Option<&LunBacking> {
+        self.luns.iter().find(|l| l.lun == lun)
     }
 
     pub fn luns(&self) -> &[LunBacking] {

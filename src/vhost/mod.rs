@@ -10,12 +10,13 @@
 mod backend;
 mod control;
 mod device;
+mod exec;
 mod ratelimit;
 mod server;
-#[allow(dead_code)] // wired into the worker with the issue-4 commands
 mod slow;
 mod worker;
 
 pub use backend::ScsiBackend;
 pub use device::{Device, LunBacking};
+pub use exec::WriteGate;
 pub use server::{bind, serve, ServeError, ServerConfig, ShutdownSignal};

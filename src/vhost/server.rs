@@ -19,11 +19,15 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::backend::ScsiBackend;
 use super::device::Device;
 use crate::block::BlockError;
+use crate::scsi::NexusId;
 
 /// What `serve` needs besides the device.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     pub socket: PathBuf,
+    /// The I_T nexus of this controller's initiator: stable across daemon
+    /// restarts (persisted reservations are keyed by it).
+    pub nexus: NexusId,
     pub request_queues: usize,
     pub queue_size: usize,
 }
@@ -123,6 +127,7 @@ pub fn serve(
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
         let backend = ScsiBackend::new(
             device.clone(),
+            config.nexus,
             config.request_queues,
             config.queue_size,
             mem.clone(),
@@ -131,12 +136,17 @@ pub fn serve(
             .map_err(|e| ServeError::Daemon(e.to_string()))?;
         let handlers = daemon.get_epoll_handlers();
         for i in 0..backend.request_queues() {
-            let (Some(h), Some(fd)) = (handlers.get(1 + i), backend.completion_fd(i)) else {
+            let (Some(h), Some(ring), Some(slow)) = (
+                handlers.get(1 + i),
+                backend.completion_fd(i),
+                backend.slow_fd(i),
+            ) else {
                 return Err(ServeError::Daemon(format!(
                     "no worker thread for queue {i}"
                 )));
             };
-            h.register_listener(fd, EventSet::IN, backend.completion_token())?;
+            h.register_listener(ring, EventSet::IN, backend.completion_token())?;
+            h.register_listener(slow, EventSet::IN, backend.slow_token())?;
         }
         daemon
             .start(&mut listener)

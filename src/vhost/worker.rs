@@ -1,6 +1,8 @@
 //! A request-queue worker: pops descriptor chains, runs them through the
 //! SCSI target, and executes block I/O on its own io_uring straight into
-//! guest memory. Requests complete out of order.
+//! guest memory. Commands the block layer executes synchronously (UNMAP,
+//! WRITE SAME, VERIFY, COMPARE AND WRITE, ...) go to the queue's slow lane
+//! so the worker never blocks. Requests complete out of order.
 //!
 //! Every in-flight request owns a reference to the guest memory mapping
 //! (`GuestMemoryLoadGuard`) until its completion is reaped, so a memory
@@ -12,18 +14,21 @@ use vhost_user_backend::{VringRwLock, VringState, VringT};
 use virtio_queue::{DescriptorChain, QueueT};
 use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard};
 
-use super::device::Device;
+use super::device::{Device, LunBacking};
+use super::exec::{self, Gate, SlowOp};
 use super::ratelimit::{warn_limited, RateLimit};
+use super::slow::{JobResult, SlowLane};
 use crate::block::{Completion, Engine, EngineOp, IoVec};
-use crate::scsi::{io_error_sense, IoDir, Outcome, Sense, Status};
+use crate::scsi::{io_error_sense, BlockIo, IoDir, NexusId, Outcome, Sense, Status};
 use crate::virtio_scsi::{
-    decode_lun, parse_cmd, split_chain, CmdRespHeader, GuestMem, LunAddress, Segments, SENSE_SIZE,
-    S_BAD_TARGET, S_FAILURE, S_OK, S_OVERRUN,
+    decode_lun, parse_cmd, split_chain, CmdRequest, CmdRespHeader, GuestMem, LunAddress, Segments,
+    SENSE_SIZE, S_BAD_TARGET, S_FAILURE, S_OK, S_OVERRUN,
 };
 
 /// The vring type the daemon uses.
 pub(crate) type Vring = VringRwLock<GuestMemoryAtomic<GuestMem>>;
 type MemGuard = GuestMemoryLoadGuard<GuestMem>;
+type State = VringState<GuestMemoryAtomic<GuestMem>>;
 
 /// Size of the response header in the writable part of a request.
 const RESP_LEN: u32 = std::mem::size_of::<CmdRespHeader>() as u32;
@@ -32,47 +37,65 @@ const RESP_LEN: u32 = std::mem::size_of::<CmdRespHeader>() as u32;
 /// answer there.
 const WELL_KNOWN_LUN: u16 = u16::MAX;
 
-/// A request waiting for its io_uring completion.
+/// A request waiting for its io_uring or slow-lane completion.
 struct InFlight {
     head: u16,
     tag: u64,
     lun: u16,
+    /// Direction, for the sense of a failed I/O.
     dir: IoDir,
-    /// Bytes the block I/O moves.
-    len: u64,
-    /// Residual to report: buffer bytes not transferred.
+    /// Bytes a successful ring read puts in data-in.
+    read_len: u64,
+    /// Residual to report on success.
     resid: u32,
     resp: Segments,
+    /// Where a slow-lane result's data goes.
+    data_in: Segments,
+    /// Set for a fast-path write registered in its LUN's write gate.
+    gate: Option<Gate>,
     mem: MemGuard,
 }
 
 /// State of one request queue, owned by its worker thread (behind a mutex
-/// that only task management and `stop_vring` contend for).
+/// that only task management, `stop_vring` and the accept loop contend
+/// for).
 pub(crate) struct RequestWorker {
     index: usize,
+    nexus: NexusId,
     device: Arc<Device>,
     engine: Engine,
     engine_enabled: bool,
+    slow: SlowLane,
     /// The queue's vring, learnt on its first event (needed to complete
     /// requests from the control thread or `stop_vring`).
     vring: Option<Vring>,
     slots: Vec<Option<InFlight>>,
     free: Vec<usize>,
     completions: Vec<Completion>,
+    slow_done: Vec<(u64, JobResult)>,
     log: RateLimit,
 }
 
 impl RequestWorker {
-    pub(crate) fn new(index: usize, device: Arc<Device>, engine: Engine) -> Self {
+    pub(crate) fn new(
+        index: usize,
+        nexus: NexusId,
+        device: Arc<Device>,
+        engine: Engine,
+        slow: SlowLane,
+    ) -> Self {
         RequestWorker {
             index,
+            nexus,
             device,
             engine,
             engine_enabled: false,
+            slow,
             vring: None,
             slots: Vec::new(),
             free: Vec::new(),
             completions: Vec::new(),
+            slow_done: Vec::new(),
             log: RateLimit::new(),
         }
     }
@@ -81,7 +104,11 @@ impl RequestWorker {
         self.engine.event_fd()
     }
 
-    /// Tags of the requests in flight for `lun` (all LUNs when `None`).
+    pub(crate) fn slow_event_fd(&self) -> std::os::fd::RawFd {
+        self.slow.event_fd()
+    }
+
+    /// Is the command `tag` for `lun` in flight here?
     pub(crate) fn has_tag(&self, lun: u16, tag: u64) -> bool {
         self.slots
             .iter()
@@ -89,6 +116,7 @@ impl RequestWorker {
             .any(|r| r.lun == lun && r.tag == tag)
     }
 
+    /// Is any command for `lun` in flight here?
     pub(crate) fn has_lun_requests(&self, lun: u16) -> bool {
         self.slots.iter().flatten().any(|r| r.lun == lun)
     }
@@ -129,11 +157,7 @@ impl RequestWorker {
                         warn_limited!(self.log, queue = self.index, error = %e, "disable_notification failed");
                     }
                 }
-                loop {
-                    let chain = match state.get_queue_mut().pop_descriptor_chain(mem.clone()) {
-                        Some(c) => c,
-                        None => break,
-                    };
+                while let Some(chain) = state.get_queue_mut().pop_descriptor_chain(mem.clone()) {
                     completed |= self.start_request(chain, mem.clone(), &mut state);
                 }
                 if !event_idx {
@@ -159,31 +183,54 @@ impl RequestWorker {
 
     /// The io_uring eventfd fired: complete what finished.
     pub(crate) fn process_completions(&mut self) {
-        self.completions.clear();
         let mut comps = std::mem::take(&mut self.completions);
+        comps.clear();
         if let Err(e) = self.engine.reap(&mut comps) {
             tracing::error!(queue = self.index, error = %e, "io_uring reap failed");
         }
-        self.finish(&comps);
+        self.finish_ring(&comps);
         self.completions = comps;
+    }
+
+    /// The slow lane's eventfd fired: complete what finished.
+    pub(crate) fn process_slow(&mut self) {
+        let mut done = std::mem::take(&mut self.slow_done);
+        done.clear();
+        self.slow.reap(&mut done);
+        self.finish_slow(&mut done);
+        self.slow_done = done;
     }
 
     /// Wait for every in-flight request and complete it (stop_vring, task
-    /// management, shutdown).
+    /// management, disconnect, shutdown). The ring first: a COMPARE AND
+    /// WRITE on the slow lane may be waiting for ring writes to finish.
     pub(crate) fn drain(&mut self) {
-        if self.engine.in_flight() == 0 {
-            return;
+        if self.engine.in_flight() > 0 {
+            let mut comps = std::mem::take(&mut self.completions);
+            comps.clear();
+            if let Err(e) = self.engine.drain(&mut comps) {
+                tracing::error!(queue = self.index, error = %e, "io_uring drain failed");
+            }
+            self.finish_ring(&comps);
+            self.completions = comps;
         }
-        let mut comps = std::mem::take(&mut self.completions);
-        comps.clear();
-        if let Err(e) = self.engine.drain(&mut comps) {
-            tracing::error!(queue = self.index, error = %e, "io_uring drain failed");
+        if self.slow.pending() > 0 {
+            let mut done = std::mem::take(&mut self.slow_done);
+            done.clear();
+            self.slow.drain(&mut done);
+            self.finish_slow(&mut done);
+            self.slow_done = done;
         }
-        self.finish(&comps);
-        self.completions = comps;
     }
 
-    fn finish(&mut self, comps: &[Completion]) {
+    fn take_slot(&mut self, user_data: u64) -> Option<InFlight> {
+        let i = usize::try_from(user_data).ok()?;
+        let req = self.slots.get_mut(i)?.take()?;
+        self.free.push(i);
+        Some(req)
+    }
+
+    fn finish_ring(&mut self, comps: &[Completion]) {
         if comps.is_empty() {
             return;
         }
@@ -192,11 +239,7 @@ impl RequestWorker {
         };
         let mut state = vring.get_mut();
         for c in comps {
-            let Some(req) = usize::try_from(c.user_data)
-                .ok()
-                .and_then(|i| self.slots.get_mut(i))
-                .and_then(Option::take)
-            else {
+            let Some(req) = self.take_slot(c.user_data) else {
                 tracing::error!(
                     queue = self.index,
                     user_data = c.user_data,
@@ -204,15 +247,15 @@ impl RequestWorker {
                 );
                 continue;
             };
-            if let Ok(i) = usize::try_from(c.user_data) {
-                self.free.push(i);
+            if let Some(g) = &req.gate {
+                g.leave_fast();
             }
-            let (status, sense, data_len) = match c.result {
-                Ok(_) => (
-                    Status::Good,
-                    None,
-                    if req.dir == IoDir::Read { req.len } else { 0 },
-                ),
+            let used = match c.result {
+                Ok(_) => {
+                    let used =
+                        write_response(&req.mem, &req.resp, S_OK, Status::Good, None, req.resid);
+                    used.saturating_add(clamp_u32(req.read_len))
+                }
                 Err(errno) => {
                     warn_limited!(
                         self.log,
@@ -221,21 +264,51 @@ impl RequestWorker {
                         error = %std::io::Error::from_raw_os_error(errno),
                         "backing I/O failed"
                     );
-                    (
+                    let sense = io_error_sense(req.dir, errno);
+                    let resid = req.resid.saturating_add(clamp_u32(req.read_len));
+                    write_response(
+                        &req.mem,
+                        &req.resp,
+                        S_OK,
                         Status::CheckCondition,
-                        Some(io_error_sense(req.dir, errno)),
-                        0,
+                        Some(&sense),
+                        resid,
                     )
                 }
             };
-            let resid = if status == Status::Good {
-                req.resid
-            } else {
-                req.resid
-                    .saturating_add(u32::try_from(req.len).unwrap_or(u32::MAX))
+            if let Err(e) = state.add_used(req.head, used) {
+                warn_limited!(self.log, queue = self.index, error = %e, "add_used failed");
+            }
+        }
+        signal(&mut state, &mut self.log, self.index);
+    }
+
+    fn finish_slow(&mut self, done: &mut Vec<(u64, JobResult)>) {
+        if done.is_empty() {
+            return;
+        }
+        let Some(vring) = self.vring.clone() else {
+            return;
+        };
+        let mut state = vring.get_mut();
+        for (user, result) in done.drain(..) {
+            let Some(req) = self.take_slot(user) else {
+                tracing::error!(
+                    queue = self.index,
+                    user,
+                    "slow completion for unknown request"
+                );
+                continue;
             };
-            let used = write_response(&req.mem, &req.resp, S_OK, status, sense.as_ref(), resid);
-            let used = used.saturating_add(u32::try_from(data_len).unwrap_or(u32::MAX));
+            let used = complete_with(
+                &req.mem,
+                &req.resp,
+                &req.data_in,
+                result.status,
+                result.sense.as_ref(),
+                &result.data,
+                &mut self.log,
+            );
             if let Err(e) = state.add_used(req.head, used) {
                 warn_limited!(self.log, queue = self.index, error = %e, "add_used failed");
             }
@@ -249,14 +322,14 @@ impl RequestWorker {
         &mut self,
         chain: DescriptorChain<MemGuard>,
         mem: MemGuard,
-        state: &mut VringState<GuestMemoryAtomic<GuestMem>>,
+        state: &mut State,
     ) -> bool {
         let head = chain.head_index();
         let split = match split_chain(chain) {
             Ok(s) => s,
             Err(e) => {
                 warn_limited!(self.log, queue = self.index, error = %e, "malformed descriptor chain");
-                return self.add_used(state, head, 0);
+                return add_used(state, head, 0, &mut self.log);
             }
         };
         let req = match parse_cmd(&mem, split) {
@@ -267,146 +340,190 @@ impl RequestWorker {
                     Some(resp) => write_response(&mem, resp, S_FAILURE, Status::Good, None, 0),
                     None => 0,
                 };
-                return self.add_used(state, head, used);
+                return add_used(state, head, used, &mut self.log);
             }
         };
-        let tag = req.header.tag;
         let lun = match decode_lun(&req.header.lun) {
             LunAddress::Lun { target: 0, lun } => lun,
             LunAddress::ReportLunsWellKnown { target: 0 } => WELL_KNOWN_LUN,
-            _ => {
-                let used = write_response(&mem, &req.resp, S_BAD_TARGET, Status::Good, None, 0);
-                return self.add_used(state, head, used);
-            }
+            _ => return self.respond(state, head, &mem, &req.resp, S_BAD_TARGET),
         };
         let cdb = req.header.cdb;
         let outcome = {
             let mut data_out = req.data_out.reader(&mem);
-            // COMPILE SHIM (wt-scsi4): one nexus per connection is the
-            // integrator's job.
             self.device
                 .target
-                .execute(crate::scsi::NexusId(0), lun, &cdb, &mut data_out)
+                .execute(self.nexus, lun, &cdb, &mut data_out)
         };
         match outcome {
-            // COMPILE SHIM (wt-scsi4): the new backing-store outcomes are
-            // the integrator's job; until then, INTERNAL TARGET FAILURE.
-            Outcome::Unmap { .. }
-            | Outcome::WriteSame { .. }
-            | Outcome::Verify { .. }
-            | Outcome::WriteVerify { .. }
-            | Outcome::CompareAndWrite { .. }
-            | Outcome::GetLbaStatus { .. } => {
-                let sense = Sense::new(crate::scsi::SenseKey::HardwareError, 0x44, 0);
-                let used = write_response(
-                    &mem,
-                    &req.resp,
-                    S_OK,
-                    Status::CheckCondition,
-                    Some(&sense),
-                    0,
-                );
-                self.add_used(state, head, used)
-            }
             Outcome::Complete {
                 status,
                 sense,
                 data,
             } => {
-                let written = match req.data_in.write_from(&mem, &data) {
-                    Ok(n) => n,
-                    Err(e) => {
-                        warn_limited!(self.log, queue = self.index, error = %e, "cannot write data-in");
-                        0
-                    }
-                };
-                let resid = clamp_u32(req.data_in.len().saturating_sub(written as u64));
-                let used = write_response(&mem, &req.resp, S_OK, status, sense.as_ref(), resid);
-                self.add_used(state, head, used.saturating_add(clamp_u32(written as u64)))
+                let used = complete_with(
+                    &mem,
+                    &req.resp,
+                    &req.data_in,
+                    status,
+                    sense.as_ref(),
+                    &data,
+                    &mut self.log,
+                );
+                add_used(state, head, used, &mut self.log)
             }
-            Outcome::Io(io) => {
-                let (buf, other) = match io.dir {
-                    IoDir::Read => (&req.data_in, &req.data_out),
-                    IoDir::Write => (&req.data_out, &req.data_in),
-                };
-                let len = io.len.0;
-                // virtio-scsi: a transfer that does not fit the buffers of
-                // its direction is an overrun (QEMU does the same).
-                if buf.len() < len || !other.is_empty() {
-                    let used = write_response(&mem, &req.resp, S_OVERRUN, Status::Good, None, 0);
-                    return self.add_used(state, head, used);
-                }
-                let Some(backing) = self.device.backing(lun).cloned() else {
-                    let used = write_response(&mem, &req.resp, S_FAILURE, Status::Good, None, 0);
-                    return self.add_used(state, head, used);
-                };
-                let mut iovecs: Vec<IoVec> = Vec::new();
-                if let Err(e) = buf.iovecs(&mem, len, &mut iovecs) {
-                    warn_limited!(self.log, queue = self.index, error = %e, "bad data buffers");
-                    let used = write_response(&mem, &req.resp, S_FAILURE, Status::Good, None, 0);
-                    return self.add_used(state, head, used);
-                }
-                let op = match io.dir {
-                    IoDir::Read => EngineOp::Read {
-                        offset: io.offset,
-                        iovecs,
-                    },
-                    IoDir::Write => EngineOp::Write {
-                        offset: io.offset,
-                        iovecs,
-                        fua: io.fua,
-                    },
-                };
-                let resid = clamp_u32(buf.len() - len);
-                self.submit(
-                    state, head, tag, lun, io.dir, len, resid, req.resp, mem, &backing, op,
-                )
-            }
+            Outcome::Io(io) => self.start_io(state, head, lun, io, req, mem),
             Outcome::Flush => {
-                let Some(backing) = self.device.backing(lun).cloned() else {
-                    let used = write_response(&mem, &req.resp, S_FAILURE, Status::Good, None, 0);
-                    return self.add_used(state, head, used);
+                let Some(lb) = self.device.lun(lun) else {
+                    return self.respond(state, head, &mem, &req.resp, S_FAILURE);
                 };
-                let resid = clamp_u32(req.data_in.len());
-                self.submit(
-                    state,
+                let backing = lb.backing.clone();
+                let slot = self.park(
                     head,
-                    tag,
                     lun,
                     IoDir::Write,
                     0,
-                    resid,
-                    req.resp,
+                    clamp_u32(req.data_in.len()),
+                    req,
+                    None,
                     mem,
-                    &backing,
-                    EngineOp::Flush,
-                )
+                );
+                self.push_ring(state, slot, &backing, EngineOp::Flush)
+            }
+            slow => {
+                let Some(lb) = self.device.lun(lun) else {
+                    return self.respond(state, head, &mem, &req.resp, S_FAILURE);
+                };
+                let job = slow_job(lb, SlowOp::Scsi(slow));
+                let slot = self.park(head, lun, IoDir::Write, 0, 0, req, None, mem);
+                self.push_slow(state, slot, job)
             }
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn submit(
+    /// READ/WRITE: zero copy through the ring, or (a write that meets a
+    /// COMPARE AND WRITE) copied to the slow lane.
+    fn start_io(
         &mut self,
-        state: &mut VringState<GuestMemoryAtomic<GuestMem>>,
+        state: &mut State,
         head: u16,
-        tag: u64,
+        lun: u16,
+        io: BlockIo,
+        req: CmdRequest,
+        mem: MemGuard,
+    ) -> bool {
+        let (buf, other) = match io.dir {
+            IoDir::Read => (&req.data_in, &req.data_out),
+            IoDir::Write => (&req.data_out, &req.data_in),
+        };
+        let len = io.len.0;
+        // virtio-scsi: a transfer that does not fit the buffers of its
+        // direction is an overrun (QEMU does the same).
+        if buf.len() < len || !other.is_empty() {
+            return self.respond(state, head, &mem, &req.resp, S_OVERRUN);
+        }
+        let Some(lb) = self.device.lun(lun) else {
+            return self.respond(state, head, &mem, &req.resp, S_FAILURE);
+        };
+        let resid = clamp_u32(buf.len() - len);
+        let gate = match io.dir {
+            IoDir::Read => None,
+            IoDir::Write if lb.gate.enter_fast() => Some(lb.gate.clone()),
+            IoDir::Write => {
+                // A COMPARE AND WRITE holds the LUN: copy the data and
+                // queue the write behind it.
+                let mut data = vec![0u8; usize::try_from(len).unwrap_or(0)];
+                if buf.read_to(&mem, &mut data).ok() != Some(data.len()) {
+                    return self.respond(state, head, &mem, &req.resp, S_FAILURE);
+                }
+                let job = slow_job(
+                    lb,
+                    SlowOp::DivertedWrite {
+                        offset: io.offset,
+                        data,
+                        fua: io.fua,
+                    },
+                );
+                let slot = self.park(head, lun, IoDir::Write, 0, resid, req, None, mem);
+                return self.push_slow(state, slot, job);
+            }
+        };
+        let mut iovecs: Vec<IoVec> = Vec::new();
+        if let Err(e) = buf.iovecs(&mem, len, &mut iovecs) {
+            if let Some(g) = &gate {
+                g.leave_fast();
+            }
+            warn_limited!(self.log, queue = self.index, error = %e, "bad data buffers");
+            return self.respond(state, head, &mem, &req.resp, S_FAILURE);
+        }
+        let (op, read_len) = match io.dir {
+            IoDir::Read => (
+                EngineOp::Read {
+                    offset: io.offset,
+                    iovecs,
+                },
+                len,
+            ),
+            IoDir::Write => (
+                EngineOp::Write {
+                    offset: io.offset,
+                    iovecs,
+                    fua: io.fua,
+                },
+                0,
+            ),
+        };
+        let backing = lb.backing.clone();
+        let slot = self.park(head, lun, io.dir, read_len, resid, req, gate, mem);
+        self.push_ring(state, slot, &backing, op)
+    }
+
+    /// Record a request as in flight; returns its slot.
+    #[allow(clippy::too_many_arguments)]
+    fn park(
+        &mut self,
+        head: u16,
         lun: u16,
         dir: IoDir,
-        len: u64,
+        read_len: u64,
         resid: u32,
-        resp: Segments,
+        req: CmdRequest,
+        gate: Option<Gate>,
         mem: MemGuard,
+    ) -> usize {
+        let entry = InFlight {
+            head,
+            tag: req.header.tag,
+            lun,
+            dir,
+            read_len,
+            resid,
+            resp: req.resp,
+            data_in: req.data_in,
+            gate,
+            mem,
+        };
+        match self.free.pop() {
+            Some(i) => {
+                if let Some(s) = self.slots.get_mut(i) {
+                    *s = Some(entry);
+                }
+                i
+            }
+            None => {
+                self.slots.push(Some(entry));
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    fn push_ring(
+        &mut self,
+        state: &mut State,
+        slot: usize,
         backing: &Arc<crate::block::Backing>,
         op: EngineOp,
     ) -> bool {
-        let slot = match self.free.pop() {
-            Some(i) => i,
-            None => {
-                self.slots.push(None);
-                self.slots.len() - 1
-            }
-        };
         // SAFETY: the iovecs point into guest memory validated by
         // `Segments::iovecs`; the request keeps `mem` (the mapping) alive in
         // `self.slots[slot]` until the engine returns this op's completion,
@@ -414,48 +531,53 @@ impl RequestWorker {
         // in the used ring after that completion.
         let pushed = unsafe { self.engine.push(backing, op, slot as u64) };
         match pushed {
-            Ok(()) => {
-                if let Some(s) = self.slots.get_mut(slot) {
-                    *s = Some(InFlight {
-                        head,
-                        tag,
-                        lun,
-                        dir,
-                        len,
-                        resid,
-                        resp,
-                        mem,
-                    });
-                }
-                false
-            }
+            Ok(()) => false,
             Err(e) => {
-                self.free.push(slot);
                 tracing::error!(queue = self.index, error = %e, "io_uring push failed");
-                let sense = io_error_sense(dir, libc::EIO);
-                let used = write_response(
-                    &mem,
-                    &resp,
-                    S_OK,
-                    Status::CheckCondition,
-                    Some(&sense),
-                    resid,
-                );
-                self.add_used(state, head, used)
+                self.fail_parked(state, slot)
             }
         }
     }
 
-    fn add_used(
-        &mut self,
-        state: &mut VringState<GuestMemoryAtomic<GuestMem>>,
-        head: u16,
-        len: u32,
-    ) -> bool {
-        if let Err(e) = state.add_used(head, len) {
-            warn_limited!(self.log, queue = self.index, error = %e, "add_used failed");
+    fn push_slow(&mut self, state: &mut State, slot: usize, job: super::slow::Job) -> bool {
+        if self.slow.submit(slot as u64, job) {
+            return false;
         }
-        true
+        tracing::error!(queue = self.index, "slow lane is gone");
+        self.fail_parked(state, slot)
+    }
+
+    /// Complete a parked request that could not be started.
+    fn fail_parked(&mut self, state: &mut State, slot: usize) -> bool {
+        let Some(req) = self.take_slot(slot as u64) else {
+            return false;
+        };
+        if let Some(g) = &req.gate {
+            g.leave_fast();
+        }
+        let sense = io_error_sense(req.dir, libc::EIO);
+        let used = write_response(
+            &req.mem,
+            &req.resp,
+            S_OK,
+            Status::CheckCondition,
+            Some(&sense),
+            req.resid,
+        );
+        add_used(state, req.head, used, &mut self.log)
+    }
+
+    /// Complete at once with a virtio-scsi response code and no SCSI status.
+    fn respond(
+        &mut self,
+        state: &mut State,
+        head: u16,
+        mem: &GuestMem,
+        resp: &Segments,
+        response: u8,
+    ) -> bool {
+        let used = write_response(mem, resp, response, Status::Good, None, 0);
+        add_used(state, head, used, &mut self.log)
     }
 }
 
@@ -467,8 +589,44 @@ impl Drop for RequestWorker {
     }
 }
 
+/// A slow-lane job for `op` on a LUN.
+fn slow_job(lb: &LunBacking, op: SlowOp) -> super::slow::Job {
+    let backing = lb.backing.clone();
+    let gate = lb.gate.clone();
+    let bs = lb.block_size;
+    Box::new(move || exec::run(op, &backing, &gate, bs))
+}
+
 fn clamp_u32(v: u64) -> u32 {
     u32::try_from(v).unwrap_or(u32::MAX)
+}
+
+fn add_used(state: &mut State, head: u16, len: u32, log: &mut RateLimit) -> bool {
+    if let Err(e) = state.add_used(head, len) {
+        warn_limited!(log, error = %e, "add_used failed");
+    }
+    true
+}
+
+/// Write `data` to data-in and the response; returns the used length.
+fn complete_with(
+    mem: &GuestMem,
+    resp: &Segments,
+    data_in: &Segments,
+    status: Status,
+    sense: Option<&Sense>,
+    data: &[u8],
+    log: &mut RateLimit,
+) -> u32 {
+    let written = match data_in.write_from(mem, data) {
+        Ok(n) => n as u64,
+        Err(e) => {
+            warn_limited!(log, error = %e, "cannot write data-in");
+            0
+        }
+    };
+    let resid = clamp_u32(data_in.len().saturating_sub(written));
+    write_response(mem, resp, S_OK, status, sense, resid).saturating_add(clamp_u32(written))
 }
 
 /// Write a command response header; returns its length (the used length
@@ -501,7 +659,7 @@ fn write_response(
     }
 }
 
-fn signal(state: &mut VringState<GuestMemoryAtomic<GuestMem>>, log: &mut RateLimit, index: usize) {
+fn signal(state: &mut State, log: &mut RateLimit, index: usize) {
     match state.needs_notification() {
         Ok(true) => {
             if let Err(e) = state.signal_used_queue() {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vhost_user_scsi::frontend::{FrontendConfig, ScsiFrontend};
+use vhost_user_scsi::frontend::{cdb, DataDir, FrontendConfig, ScsiFrontend};
 
 /// A running daemon; killed (SIGTERM, then SIGKILL) on drop.
 pub struct Daemon {
@@ -67,7 +67,16 @@ impl Daemon {
         fs::read_to_string(self.path("daemon.log")).unwrap_or_default()
     }
 
+    /// Connect and consume the unit attentions of LUNs 0..=8 (a new I_T
+    /// nexus sees POWER ON OCCURRED first, as from a real disk).
     pub fn connect(&self, request_queues: u16) -> ScsiFrontend {
+        let fe = self.connect_raw(request_queues);
+        settle(&fe, 0..=8);
+        fe
+    }
+
+    /// Connect without touching any LUN.
+    pub fn connect_raw(&self, request_queues: u16) -> ScsiFrontend {
         let mut cfg = FrontendConfig::new(&self.socket);
         cfg.request_queues = request_queues;
         cfg.timeout = Duration::from_secs(20);
@@ -113,6 +122,20 @@ impl Drop for Daemon {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+}
+
+/// TEST UNIT READY each LUN until it reports no unit attention.
+pub fn settle(fe: &ScsiFrontend, luns: impl IntoIterator<Item = u16>) {
+    for lun in luns {
+        for _ in 0..8 {
+            let r = fe
+                .command(0, lun, &cdb::test_unit_ready(), DataDir::None)
+                .unwrap();
+            if r.sense_key().map(|s| s.0) != Some(6) {
+                break;
+            }
         }
     }
 }

@@ -8,10 +8,21 @@
 //! `tests/guest/lib.sh` for the expectations passed through `/test.env`.
 //!
 //! * `guest_e2e_daemon`: starts `vhost-user-scsi serve` with three disks
-//!   (64 MiB/512, 32 MiB/4096, 16 MiB read-only), boots a guest that runs
-//!   every check, verifies on the host that the backing files hold what the
-//!   guest wrote, boots a second guest against the same daemon that reads the
-//!   data back, then stops the daemon with SIGTERM (exit 0, socket removed).
+//!   (64 MiB/512, 32 MiB/4096, 16 MiB read-only) and `--pr-state`, then:
+//!   - boot 1: disks, dd, fio, ext4, sg3_utils basics, thin provisioning
+//!     (UNMAP, WRITE SAME, GET LBA STATUS, blkdiscard), VERIFY / WRITE AND
+//!     VERIFY / COMPARE AND WRITE, REPORT SUPPORTED OPERATION CODES / TMFs,
+//!     MODE SELECT of WCE, malformed CDBs; the host checks that the backing
+//!     files hold what the guest wrote and that the unmapped ranges are
+//!     holes;
+//!   - boot 2 (same daemon): the data of boot 1 reads back; fstrim of the
+//!     ext4 file system after deleting a file (the host checks that the
+//!     backing file's allocation shrank); persistent reservations, ending
+//!     with an APTPL registration + reservation; a LOGICAL UNIT RESET while
+//!     fio runs;
+//!   - SIGTERM (exit 0, socket removed), a new daemon on the same socket and
+//!     `--pr-state`; boot 3: the data and the APTPL reservation are still
+//!     there (then cleared); SIGTERM again.
 //! * `guest_e2e_builtin_reference` (`--ignored`): the same guest checks
 //!   against QEMU's own virtio-scsi + scsi-hd, to tell harness bugs from
 //!   daemon bugs.
@@ -108,8 +119,16 @@ fn regions(list: &[(u32, u64, u64)]) -> String {
         .join(" ")
 }
 
-/// /test.env for the guest scripts.
-fn guest_env(tests: &str, dd_mode: &str) -> String {
+/// LUN 0 scratch areas (512-byte LBAs) of the provision, verify, wce,
+/// badcdb and pr guest tests and the reset test's fio region: clear of
+/// DD_WRITES and of the fio test (16..48 MiB).
+const PROV_LBA: u64 = 16384;
+const GUEST_LBAS: &str = "PROV_LUN=0\nVERIFY_LUN=0\nVERIFY_LBA=20480\n\
+    WCE_LUN=0\nWCE_LBA=22528\nBADCDB_LUN=0\nBADCDB_LBA=23552\nPR_LUN=0\nPR_LBA=24576\n\
+    RESET_LUN=0\nRESET_OFFSET=48M\nRESET_SIZE=8M\nRESET_RUNTIME=4";
+
+/// /test.env for the guest scripts; `extra` lines are appended.
+fn guest_env(tests: &str, dd_mode: &str, extra: &str) -> String {
     let mut env = String::new();
     writeln!(env, "EXPECT_DISKS={}", DISKS.len()).unwrap();
     let luns: Vec<String> = DISKS.iter().map(|d| d.lun.to_string()).collect();
@@ -127,6 +146,8 @@ fn guest_env(tests: &str, dd_mode: &str) -> String {
     writeln!(env, "DD_VERIFY=\"{}\"", regions(&DD_HOST_WRITTEN)).unwrap();
     writeln!(env, "FIO_LUN=0\nFIO_OFFSET=16M\nFIO_SIZE=16M").unwrap();
     writeln!(env, "EXT4_LUN=1\nEXT4_SIZE=16M").unwrap();
+    writeln!(env, "{GUEST_LBAS}\nPROV_LBA={PROV_LBA}").unwrap();
+    writeln!(env, "{extra}").unwrap();
     env
 }
 
@@ -206,7 +227,8 @@ fn check_backing_files(images: &[PathBuf]) {
 }
 
 /// Boots one guest running tests/guest/all.sh; panics unless it exits 0.
-fn run_guest(what: &str, work: &Path, env: &str, backend_args: &[String]) {
+/// Returns the guest console output.
+fn run_guest(what: &str, work: &Path, env: &str, backend_args: &[String]) -> String {
     let root = repo_root();
     let env_file = work.join(format!("{what}.env"));
     fs::write(&env_file, env).unwrap();
@@ -260,6 +282,68 @@ fn run_guest(what: &str, work: &Path, env: &str, backend_args: &[String]) {
         fails.is_empty(),
         "{what}: exit 0 but FAIL lines:\n{}",
         fails.join("\n")
+    );
+    stdout
+}
+
+/// Bytes allocated to a file (st_blocks * 512).
+fn allocated(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(path).unwrap().blocks() * 512
+}
+
+/// True when `[start, end)` of the file holds no data (SEEK_DATA).
+fn is_hole(path: &Path, start: u64, end: u64) -> bool {
+    use std::os::fd::AsRawFd;
+    let f = File::open(path).unwrap();
+    // SAFETY: lseek on a file descriptor we own; no memory is passed.
+    let r = unsafe { libc::lseek(f.as_raw_fd(), start as libc::off_t, libc::SEEK_DATA) };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        assert_eq!(e.raw_os_error(), Some(libc::ENXIO), "SEEK_DATA: {e}");
+        return true;
+    }
+    r as u64 >= end
+}
+
+/// Host side of tests/guest/provision.sh (LUN 0, 512-byte blocks from
+/// PROV_LBA): the UNMAP, WRITE SAME UNMAP and blkdiscard ranges are holes
+/// in the backing file; the kept pattern and the WRITE SAME(10) blocks are
+/// there.
+fn check_provisioned(image: &Path, console: &str) {
+    assert!(
+        console.contains(&format!("PROV-DONE lun=0 lba={PROV_LBA}")),
+        "the guest's provision test did not finish"
+    );
+    let b = |lba: u64| (PROV_LBA + lba) * 512;
+    for (from, to, what) in [
+        (64, 128, "UNMAP"),
+        (192, 240, "WRITE SAME(16)/(10) with UNMAP"),
+        (256, 512, "blkdiscard"),
+    ] {
+        assert!(
+            is_hole(image, b(from), b(to)),
+            "{what}: bytes {}..{} of {} are not a hole",
+            b(from),
+            b(to),
+            image.display()
+        );
+    }
+    let mut f = File::open(image).unwrap();
+    let mut got = vec![0u8; 64 * 512];
+    f.seek(SeekFrom::Start(b(0))).unwrap();
+    f.read_exact(&mut got).unwrap();
+    assert!(
+        got == pattern(11, 0, b(0), 64 * 512),
+        "the pattern before the unmapped range is not in the backing file"
+    );
+    let block = pattern(12, 0, 0, 512);
+    let mut got = vec![0u8; 32 * 512];
+    f.seek(SeekFrom::Start(b(128))).unwrap();
+    f.read_exact(&mut got).unwrap();
+    assert!(
+        got.chunks(512).all(|c| c == &block[..]),
+        "the WRITE SAME(10) block is not in the backing file"
     );
 }
 
@@ -325,9 +409,12 @@ impl Drop for Daemon {
     }
 }
 
-fn start_daemon(images: &[PathBuf], socket: &Path, log: &Path) -> Daemon {
+fn start_daemon(images: &[PathBuf], socket: &Path, log: &Path, pr_state: Option<&Path>) -> Daemon {
     let mut cmd = Command::new(daemon_binary());
     cmd.arg("serve").arg("--socket").arg(socket);
+    if let Some(dir) = pr_state {
+        cmd.arg("--pr-state").arg(dir);
+    }
     for (d, img) in DISKS.iter().zip(images) {
         let mut spec = img.display().to_string();
         if d.block_size != 512 {
@@ -402,31 +489,73 @@ fn guest_e2e_daemon() {
     let sockdir = tempfile::Builder::new().prefix("vus-").tempdir().unwrap();
     let socket = sockdir.path().join("vus.sock");
     let images = create_images(work.path());
-    let mut daemon = start_daemon(&images, &socket, &logs_dir().join("daemon.log"));
+    let pr_state = work.path().join("pr-state");
+    fs::create_dir(&pr_state).unwrap();
+    let mut daemon = start_daemon(
+        &images,
+        &socket,
+        &logs_dir().join("daemon.log"),
+        Some(&pr_state),
+    );
     let backend = vec![
         "--vhost-socket".to_string(),
         format!("{},num-queues=2", socket.display()),
     ];
+    let mut times = Vec::new();
 
-    // Boot 1: every check.
-    run_guest(
+    // Boot 1: every check that writes new data.
+    let t = Instant::now();
+    let console = run_guest(
         "daemon-boot1",
         work.path(),
-        &guest_env("disks dd fio ext4 sg", "write"),
+        &guest_env(
+            "disks dd fio ext4 sg provision verify opcodes wce badcdb",
+            "write",
+            "",
+        ),
         &backend,
     );
+    times.push(("boot1", t.elapsed()));
     daemon.assert_running("after the first guest shut down");
     check_backing_files(&images);
+    check_provisioned(&images[0], &console);
+    // LUN 1 holds the ext4 file system with the 4 MiB file "big".
+    let before_trim = allocated(&images[1]);
 
-    // Boot 2 (guest restart, same daemon): the data of boot 1 reads back.
-    run_guest(
+    // Boot 2 (guest restart, same daemon): the data of boot 1 reads back;
+    // fstrim; persistent reservations (leaving an APTPL one); LUN reset.
+    let t = Instant::now();
+    let console = run_guest(
         "daemon-boot2",
         work.path(),
-        &guest_env("disks dd sg", "verify"),
+        &guest_env(
+            "disks dd sg trim pr reset",
+            "verify",
+            "PR_STEPS=\"basic aptpl\"",
+        ),
         &backend,
     );
+    times.push(("boot2", t.elapsed()));
     daemon.assert_running("after the second guest shut down");
     check_backing_files(&images);
+    assert!(
+        console.contains("TRIM-DONE lun=1"),
+        "the guest's trim test did not finish"
+    );
+    let after_trim = allocated(&images[1]);
+    println!(
+        "lun 1 backing file allocation: {before_trim} bytes before fstrim, {after_trim} after"
+    );
+    assert!(
+        after_trim + 3 * MIB <= before_trim,
+        "fstrim in the guest did not shrink the backing file: {before_trim} -> {after_trim} bytes allocated"
+    );
+    assert!(
+        console.contains("PR-APTPL lun=0 key=0xa1b2c3"),
+        "the guest's APTPL reservation step did not finish"
+    );
+    let saved = fs::read_dir(&pr_state).unwrap().count();
+    assert!(saved > 0, "no PR state saved in {}", pr_state.display());
 
     // SIGTERM: clean exit, socket removed.
     let st = daemon.terminate();
@@ -440,6 +569,38 @@ fn guest_e2e_daemon() {
         "daemon did not remove its socket {} on SIGTERM",
         socket.display()
     );
+
+    // Boot 3 on a new daemon (same socket, same --pr-state): the data and
+    // the APTPL reservation are still there; then it is cleared.
+    let mut daemon = start_daemon(
+        &images,
+        &socket,
+        &logs_dir().join("daemon-restarted.log"),
+        Some(&pr_state),
+    );
+    let t = Instant::now();
+    run_guest(
+        "daemon-boot3",
+        work.path(),
+        &guest_env("disks dd pr", "verify", "PR_STEPS=restored"),
+        &backend,
+    );
+    times.push(("boot3", t.elapsed()));
+    daemon.assert_running("after the third guest shut down");
+    check_backing_files(&images);
+    let st = daemon.terminate();
+    let log = daemon.log_text();
+    assert!(
+        st.success(),
+        "restarted daemon exited {st} after SIGTERM; log:\n{log}"
+    );
+    assert!(
+        !socket.exists(),
+        "socket left behind by the restarted daemon"
+    );
+    for (what, d) in &times {
+        println!("guest_e2e_daemon {what}: {:.1} s", d.as_secs_f64());
+    }
 }
 
 /// Reference run of the same guest checks on QEMU's built-in virtio-scsi
@@ -466,14 +627,14 @@ fn guest_e2e_builtin_reference() {
     run_guest(
         "builtin-boot1",
         work.path(),
-        &guest_env("disks dd fio ext4 sg", "write"),
+        &guest_env("disks dd fio ext4 sg", "write", ""),
         &backend,
     );
     check_backing_files(&images);
     run_guest(
         "builtin-boot2",
         work.path(),
-        &guest_env("disks dd sg", "verify"),
+        &guest_env("disks dd sg", "verify", ""),
         &backend,
     );
     check_backing_files(&images);

@@ -23,6 +23,7 @@ BLOCKDEV=/usr/sbin/blockdev
 MKFS_EXT4=/usr/sbin/mkfs.ext4
 E2FSCK=/usr/sbin/e2fsck
 FIO=/usr/bin/fio
+FSTRIM=/usr/sbin/fstrim
 
 # shellcheck disable=SC1091
 [ -f /test.env ] && . /test.env
@@ -90,6 +91,89 @@ pattern() {
         for (i = 0; i < n; i++)
             printf "%-63s\n", sprintf("vhost-user-scsi seed=%.0f lun=%.0f pos=%.0f", s, l, o + 64 * i)
     }'
+}
+
+# expect_rc NAME WANT CMD...: PASS when CMD exits with status WANT (sg3_utils
+# exit statuses: 5 ILLEGAL REQUEST, 7 DATA PROTECT, 14 MISCOMPARE,
+# 24 RESERVATION CONFLICT; see sg3_utils(8)).
+expect_rc() {
+    _name=$1
+    _want=$2
+    shift 2
+    _out=$("$@" 2>&1)
+    _rc=$?
+    if [ "$_rc" = "$_want" ]; then
+        pass "$_name (exit $_rc)"
+    else
+        fail "$_name" "'$*' exited $_rc, expected $_want: $(echo "$_out" | tail -n 4 | tr '\n' ' ')"
+    fi
+}
+
+# sense_of OUTPUT-OF-sg_raw-v: prints "KEY ASC ASCQ" (hex, lower case) or nothing.
+sense_of() {
+    echo "$1" | awk '
+        /Raw sense data/ { on = 1; next }
+        on && /^[ \t]+([0-9a-f][0-9a-f] ?)+/ { for (i = 1; i <= NF; i++) if ($i ~ /^[0-9a-f][0-9a-f]$/) b[n++] = $i; next }
+        on { on = 0 }
+        END {
+            if (n < 4) exit
+            rc = b[0]
+            if (rc == "70" || rc == "71") { if (n >= 14) print substr(b[2], 2, 1), b[12], b[13] }
+            else if (rc == "72" || rc == "73") print substr(b[1], 2, 1), b[2], b[3]
+        }'
+}
+
+# expect_sense NAME "KEY ASC" sg_raw-args...: sg_raw must end in CHECK
+# CONDITION with that sense key and additional sense code (fixed or
+# descriptor format).
+expect_sense() {
+    _name=$1
+    _want=$2
+    shift 2
+    _out=$(sg_raw -v "$@" 2>&1)
+    _rc=$?
+    _s=$(sense_of "$_out")
+    case "$_s" in
+        "$_want "*) pass "$_name (sense $_s)" ;;
+        *) fail "$_name" "sg_raw exited $_rc, sense key/asc/ascq '${_s:-none}', expected '$_want xx'; $(echo "$_out" | grep -iE 'status|sense' | head -n 4 | tr '\n' ' ')" ;;
+    esac
+}
+
+# be16/be32/be64 N: N as space separated big-endian hex bytes (CDB fields).
+be16() { printf '%02x %02x' $(($1 >> 8 & 255)) $(($1 & 255)); }
+be32() { printf '%02x %02x %02x %02x' $(($1 >> 24 & 255)) $(($1 >> 16 & 255)) $(($1 >> 8 & 255)) $(($1 & 255)); }
+be64() { echo "$(be32 $(($1 >> 32))) $(be32 $(($1 & 4294967295)))"; }
+
+# read_blocks sdX LBA COUNT BS: the blocks, read with O_DIRECT, on stdout.
+read_blocks() { $DD if="/dev/$1" iflag=direct bs="$4" skip="$2" count="$3" 2>/dev/null; }
+
+# write_blocks sdX LBA BS < DATA: O_DIRECT write of stdin at LBA.
+write_blocks() { $DD of="/dev/$1" oflag=direct conv=notrunc bs="$3" seek="$2" 2>/dev/null; }
+
+# zeros BYTES: that many zero bytes on stdout.
+zeros() { $DD if=/dev/zero bs="$1" count=1 2>/dev/null; }
+
+# repeat FILE N: FILE N times on stdout.
+repeat() {
+    _i=0
+    while [ "$_i" -lt "$2" ]; do cat "$1"; _i=$((_i + 1)); done
+}
+
+# same_file NAME GOT WANT: PASS when the two files are byte-identical.
+same_file() {
+    if cmp -s "$2" "$3"; then
+        pass "$1"
+    else
+        fail "$1" "data differs: $(cmp "$2" "$3" 2>&1 | head -n 1)"
+    fi
+}
+
+# lun_devs N: sets _sd and _sg for LUN N; FAIL (and non-zero) when missing.
+lun_devs() {
+    if ! _sd=$(disk_for_lun "$1") || ! _sg=$(sg_for_disk "$_sd"); then
+        fail "lun $1" "no sd/sg device"
+        return 1
+    fi
 }
 
 # Print the summary line and return the status.

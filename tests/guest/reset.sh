@@ -1,9 +1,8 @@
 #!/bin/sh
 # LOGICAL UNIT RESET with I/O in flight on RESET_LUN (default 0): fio
 # randrw (libaio, O_DIRECT, iodepth 16, 4k, crc32c verify, also every 64
-# writes during the run) for RESET_RUNTIME
-# seconds (default 4) over RESET_SIZE (8M) from RESET_OFFSET (48M) runs in
-# the background; after 1.5 s `sg_reset --device --no-esc` sends the TMF
+# writes during the run) for RESET_RUNTIME seconds (default 4) over
+# RESET_SIZE (8M) from RESET_OFFSET (48M) runs in the background; after 1.5 s `sg_reset --device --no-esc` sends the TMF
 # (virtio-scsi LOGICAL UNIT RESET). The reset must succeed, fio must finish
 # with no errors and its verify pass, and the LUN answers TEST UNIT READY
 # afterwards (the reset's unit attention is consumed by whoever comes first).

@@ -54,136 +54,65 @@ fn bad_input_is_one_line_and_exit_1() {
     let missing = dir.path().join("missing.img");
     let d = dir.path().to_str().unwrap();
 
+    // `serve --socket S` plus these arguments, and what stderr must name.
+    let with_socket = |extra: &[&str]| -> Vec<String> {
+        ["serve", "--socket", s]
+            .iter()
+            .chain(extra)
+            .map(|a| a.to_string())
+            .collect()
+    };
+    let missing = missing.display().to_string();
+    let empty = empty.display().to_string();
+    let odd = odd.display().to_string();
+    let not4k = format!("{},block-size=4096", not4k.display());
     let cases: Vec<(Vec<String>, &str)> = vec![
+        (with_socket(&["--disk", &missing]), "missing.img"),
         (
-            vec![
-                "serve".into(),
-                "--socket".into(),
-                s.into(),
-                "--disk".into(),
-                missing.display().to_string(),
-            ],
-            "missing.img",
-        ),
-        (
-            vec![
-                "serve".into(),
-                "--socket".into(),
-                s.into(),
-                "--disk".into(),
-                d.into(),
-            ],
+            with_socket(&["--disk", d]),
             "not a regular file or block device",
         ),
+        (with_socket(&["--disk", &empty]), "size is zero"),
+        (with_socket(&["--disk", &odd]), "not a multiple"),
+        (with_socket(&["--disk", &not4k]), "not a multiple"),
         (
-            vec![
-                "serve".into(),
-                "--socket".into(),
-                s.into(),
-                "--disk".into(),
-                empty.display().to_string(),
-            ],
-            "size is zero",
-        ),
-        (
-            vec![
-                "serve".into(),
-                "--socket".into(),
-                s.into(),
-                "--disk".into(),
-                odd.display().to_string(),
-            ],
-            "not a multiple",
-        ),
-        (
-            vec![
-                "serve".into(),
-                "--socket".into(),
-                s.into(),
-                "--disk".into(),
-                format!("{},block-size=4096", not4k.display()),
-            ],
-            "not a multiple",
-        ),
-        (
-            vec![
-                "serve".into(),
-                "--socket".into(),
-                s.into(),
-                "--disk".into(),
-                format!("{good},lun=1"),
-                "--disk".into(),
-                format!("{good},lun=1"),
-            ],
+            with_socket(&[
+                "--disk",
+                &format!("{good},lun=1"),
+                "--disk",
+                &format!("{good},lun=1"),
+            ]),
             "LUN 1",
         ),
         (
-            vec![
-                "serve".into(),
-                "--socket".into(),
-                s.into(),
-                "--disk".into(),
-                format!("{good},bogus"),
-            ],
+            with_socket(&["--disk", &format!("{good},bogus")]),
             "unknown disk option",
         ),
         (
-            vec![
-                "serve".into(),
-                "--socket".into(),
-                s.into(),
-                "--disk".into(),
-                format!("{good},block-size=1024"),
-            ],
+            with_socket(&["--disk", &format!("{good},block-size=1024")]),
             "block-size",
         ),
         (
-            vec![
-                "serve".into(),
-                "--socket".into(),
-                s.into(),
-                "--disk".into(),
-                format!("{good},lun=99999"),
-            ],
+            with_socket(&["--disk", &format!("{good},lun=99999")]),
             "lun",
         ),
         (
-            vec![
-                "serve".into(),
-                "--socket".into(),
-                s.into(),
-                "--disk".into(),
-                good.into(),
-                "--num-queues".into(),
-                "0".into(),
-            ],
+            with_socket(&["--disk", good, "--num-queues", "0"]),
             "num-queues",
         ),
         (
-            vec![
-                "serve".into(),
-                "--socket".into(),
-                s.into(),
-                "--disk".into(),
-                good.into(),
-                "--num-queues".into(),
-                "65".into(),
-            ],
+            with_socket(&["--disk", good, "--num-queues", "65"]),
             "num-queues",
         ),
         (
-            vec![
-                "serve".into(),
-                "--socket".into(),
-                s.into(),
-                "--disk".into(),
-                good.into(),
-                "--queue-size".into(),
-                "2048".into(),
-            ],
+            with_socket(&["--disk", good, "--queue-size", "2048"]),
             "queue-size",
         ),
-        (vec!["serve".into(), "--socket".into(), s.into()], "--disk"),
+        (
+            with_socket(&["--disk", good, "--pr-state", "/nonexistent/dir"]),
+            "pr-state",
+        ),
+        (with_socket(&[]), "--disk"),
         (
             vec!["serve".into(), "--disk".into(), good.into()],
             "--socket",

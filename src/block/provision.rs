@@ -255,6 +255,16 @@ pub struct Extent {
     pub allocated: bool,
 }
 
+impl Extent {
+    pub fn new(offset: u64, len: u64, allocated: bool) -> Self {
+        Extent {
+            offset,
+            len,
+            allocated,
+        }
+    }
+}
+
 /// Append `[start, end)`, merging with the previous extent of the same kind.
 fn push_extent(out: &mut Vec<Extent>, start: u64, end: u64, allocated: bool) {
     if end <= start {
@@ -531,11 +541,7 @@ mod tests {
     }
 
     fn ext(offset: u64, len: u64, allocated: bool) -> Extent {
-        Extent {
-            offset,
-            len,
-            allocated,
-        }
+        Extent::new(offset, len, allocated)
     }
 
     #[test]

@@ -275,22 +275,14 @@ pub(crate) type Gate = Arc<WriteGate>;
 mod tests {
     use super::*;
 
-    fn ext(offset: u64, len: u64, allocated: bool) -> Extent {
-        Extent {
-            offset,
-            len,
-            allocated,
-        }
-    }
-
     #[test]
     fn allocation_map_rounds_to_blocks_with_mapped_winning() {
         let bs = BlockSize::B4096;
         let map = [
-            ext(0, 4096, true),
-            ext(4096, 10_000, false),
-            ext(14_096, 6_384, true),
-            ext(20_480, 8192, false),
+            Extent::new(0, 4096, true),
+            Extent::new(4096, 10_000, false),
+            Extent::new(14_096, 6_384, true),
+            Extent::new(20_480, 8192, false),
         ];
         let got = to_lba_extents(&map, bs);
         let want = [(0, 1, false), (1, 2, true), (3, 2, false), (5, 2, true)];

@@ -14,7 +14,7 @@ use super::{cpu, BenchArgs, BenchError};
 use crate::frontend::features::VIRTIO_RING_F_INDIRECT_DESC;
 use crate::frontend::vring::{RingLayout, Seg};
 use crate::frontend::{cdb, FrontendConfig, ScsiFrontend, ScsiRequest, ScsiResponse};
-use crate::virtio_scsi::defs::{encode_lun, CmdReqHeader, CDB_SIZE};
+use crate::virtio_scsi::defs::{CmdReqHeader, CDB_SIZE};
 
 /// Size of the request header on the wire.
 const REQ_HDR: u32 = std::mem::size_of::<CmdReqHeader>() as u32;
@@ -33,6 +33,22 @@ const STALL: Duration = Duration::from_secs(30);
 const SAMPLES: usize = 5;
 /// `gens` value of a unit whose contents are unknown (a write failed).
 const UNKNOWN: u32 = u32::MAX;
+
+/// The LUN field exactly as Linux's virtio_scsi writes it
+/// (`virtio_scsi_init_hdr`): flat space addressing (0x40) for every LUN.
+/// Some backends (vhost-device-scsi) accept nothing else.
+pub fn linux_lun(target: u8, lun: u16) -> [u8; 8] {
+    [
+        1,
+        target,
+        0x40 | ((lun >> 8) as u8 & 0x3f),
+        lun as u8,
+        0,
+        0,
+        0,
+        0,
+    ]
+}
 
 fn fe_err(what: impl Into<String>) -> impl FnOnce(crate::frontend::Error) -> BenchError {
     let what = what.into();
@@ -124,6 +140,15 @@ fn connect(args: &BenchArgs, ring: u16) -> Result<ScsiFrontend, BenchError> {
         socket: args.socket.display().to_string(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn lun_like_linux() {
+        assert_eq!(super::linux_lun(0, 0), [1, 0, 0x40, 0, 0, 0, 0, 0]);
+        assert_eq!(super::linux_lun(3, 0x1234), [1, 3, 0x52, 0x34, 0, 0, 0, 0]);
+    }
 }
 
 fn describe(r: &ScsiResponse) -> String {
@@ -223,7 +248,7 @@ pub fn run(args: &BenchArgs, progress: bool) -> Result<Report, BenchError> {
     let event_idx = fe
         .connection()
         .has_feature(crate::frontend::features::VIRTIO_RING_F_EVENT_IDX);
-    let lun = encode_lun(args.target, args.lun);
+    let lun = linux_lun(args.target, args.lun);
     let result = drive(&fe, args, lun, indirect, ring, event_idx, progress);
     // Teardown: GET_VRING_BASE on every ring, also after a failed run.
     let down = fe.shutdown().map_err(fe_err("teardown (GET_VRING_BASE)"));

@@ -62,6 +62,13 @@ pub struct Row {
     /// CPU of the bench (the frontend playing the guest) per I/O.
     pub bench_cpu_us_per_io: Option<f64>,
     pub errors: u64,
+    /// Backend CPU as % of a core (bench rows with --backend-pid).
+    pub backend_cpu_pct: Option<f64>,
+    pub private_dirty_kib: Option<u64>,
+    /// Repeats of this case merged into this row, and the IOPS spread
+    /// (max - min) / median over them.
+    pub runs: u32,
+    pub spread: Option<f64>,
 }
 
 fn num(v: &Value) -> f64 {
@@ -103,6 +110,10 @@ fn from_fio(raw: &RawRow) -> Result<Row, String> {
         cpu_us_per_io: (ios > 0.0).then(|| cpu_s * 1e6 / ios),
         bench_cpu_us_per_io: None,
         errors: job["error"].as_u64().unwrap_or(0),
+        backend_cpu_pct: None,
+        private_dirty_kib: None,
+        runs: 1,
+        spread: None,
     })
 }
 
@@ -122,6 +133,10 @@ fn from_bench(raw: &RawRow) -> Result<Row, String> {
         cpu_us_per_io: r.backend_cpu_us_per_io,
         bench_cpu_us_per_io: Some(r.bench_cpu_us_per_io),
         errors: r.errors + r.mismatches,
+        backend_cpu_pct: r.backend_cpu_pct,
+        private_dirty_kib: r.backend_private_dirty_kib,
+        runs: 1,
+        spread: None,
     })
 }
 
@@ -142,6 +157,33 @@ pub fn parse_rows(text: &str) -> Result<Vec<Row>, String> {
     Ok(rows)
 }
 
+/// Merge repeats of the same engine and case: keep the run with the
+/// median IOPS, note how many runs there were and their IOPS spread.
+pub fn merge_repeats(rows: Vec<Row>) -> Vec<Row> {
+    let mut groups: Vec<Vec<Row>> = Vec::new();
+    for r in rows {
+        match groups
+            .iter_mut()
+            .find(|g| g[0].engine == r.engine && same_case(&g[0], &r))
+        {
+            Some(g) => g.push(r),
+            None => groups.push(vec![r]),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|mut g| {
+            g.sort_by(|a, b| a.iops.total_cmp(&b.iops));
+            let n = g.len();
+            let (lo, hi) = (g[0].iops, g[n - 1].iops);
+            let mut m = g.swap_remove(n / 2);
+            m.runs = n as u32;
+            m.spread = (n > 1 && m.iops > 0.0).then(|| (hi - lo) / m.iops);
+            m
+        })
+        .collect()
+}
+
 fn same_case(a: &Row, b: &Row) -> bool {
     a.media == b.media && a.rw == b.rw && a.bs == b.bs && a.queues == b.queues && a.qd == b.qd
 }
@@ -154,10 +196,10 @@ fn opt(v: Option<f64>, digits: usize) -> String {
 /// same case.
 pub fn markdown(rows: &[Row]) -> String {
     let mut s = String::from(
-        "| media | workload | queues x QD | engine | IOPS | MB/s | p50 us | p99 us | engine CPU us/IO | bench CPU us/IO | IOPS / fio | CPU / fio |\n\
-         |---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| media | workload | queues x QD | engine | IOPS | MB/s | p50 us | p99 us | engine CPU us/IO | bench CPU us/IO | IOPS / fio | CPU / fio | runs (IOPS spread) |\n\
+         |---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
-    for r in rows {
+    for r in rows.iter().filter(|r| r.rw != "idle") {
         let fio = rows.iter().find(|f| f.engine == "fio" && same_case(f, r));
         let (iops_ratio, cpu_ratio) = match fio {
             Some(f) if r.engine != "fio" => (
@@ -170,7 +212,7 @@ pub fn markdown(rows: &[Row]) -> String {
             _ => (None, None),
         };
         s.push_str(&format!(
-            "| {} | {} {}k | {} x {} | {}{} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} |\n",
+            "| {} | {} {}k | {} x {} | {}{} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {}{} |\n",
             r.media,
             r.rw,
             r.bs / 1024,
@@ -186,8 +228,167 @@ pub fn markdown(rows: &[Row]) -> String {
             opt(r.bench_cpu_us_per_io, 2),
             opt(iops_ratio, 2),
             opt(cpu_ratio, 2),
+            r.runs,
+            r.spread
+                .map_or_else(String::new, |x| format!(" ({:.0}%)", 100.0 * x)),
         ));
     }
+    s
+}
+
+fn find<'a>(
+    rows: &'a [Row],
+    engine: &str,
+    media: &str,
+    rw: &str,
+    bs: u32,
+    queues: u16,
+    qd: u16,
+) -> Option<&'a Row> {
+    rows.iter().find(|r| {
+        r.engine == engine
+            && r.media == media
+            && r.rw == rw
+            && r.bs == bs
+            && r.queues == queues
+            && r.qd == qd
+    })
+}
+
+fn verdict(ok: Option<bool>) -> &'static str {
+    match ok {
+        Some(true) => "met",
+        Some(false) => "**MISSED**",
+        None => "not measured",
+    }
+}
+
+/// The speed targets, evaluated on the (merged) rows.
+pub fn targets(rows: &[Row]) -> String {
+    let mut s = String::from("| target | measured | result |\n|---|---|---|\n");
+    let mut line = |t: &str, m: String, ok: Option<bool>| {
+        s.push_str(&format!("| {t} | {m} | {} |\n", verdict(ok)));
+    };
+    let rr = |e: &str, media: &str, q: u16, qd: u16| find(rows, e, media, "randread", 4096, q, qd);
+    // 1. CPU per I/O on tmpfs, randread 4k QD32 1 queue.
+    let (o, f, p) = (
+        rr("ours", "tmpfs", 1, 32),
+        rr("fio", "tmpfs", 1, 32),
+        rr("peer", "tmpfs", 1, 32),
+    );
+    let cpu = |r: Option<&Row>| r.and_then(|r| r.cpu_us_per_io);
+    match (cpu(o), cpu(f)) {
+        (Some(a), Some(b)) => line(
+            "tmpfs 4k randread QD32 1q: our CPU/IO <= 1.2x fio's",
+            format!("{a:.2} vs {b:.2} us/IO = {:.2}x", a / b),
+            Some(a <= 1.2 * b),
+        ),
+        _ => line(
+            "tmpfs 4k randread QD32 1q: our CPU/IO <= 1.2x fio's",
+            "-".into(),
+            None,
+        ),
+    }
+    match (cpu(o), cpu(p)) {
+        (Some(a), Some(b)) => line(
+            "tmpfs 4k randread QD32 1q: our CPU/IO <= 0.7x vhost-device-scsi's",
+            format!("{a:.2} vs {b:.2} us/IO = {:.2}x", a / b),
+            Some(a <= 0.7 * b),
+        ),
+        _ => line(
+            "tmpfs 4k randread QD32 1q: our CPU/IO <= 0.7x vhost-device-scsi's",
+            "no peer row".into(),
+            None,
+        ),
+    }
+    // 2. Real disk.
+    match (rr("ours", "disk", 1, 32), rr("fio", "disk", 1, 32)) {
+        (Some(a), Some(b)) => line(
+            "disk 4k randread QD32: IOPS >= 0.9x fio",
+            format!("{:.0} vs {:.0} = {:.2}x", a.iops, b.iops, a.iops / b.iops),
+            Some(a.iops >= 0.9 * b.iops),
+        ),
+        _ => line("disk 4k randread QD32: IOPS >= 0.9x fio", "-".into(), None),
+    }
+    match (rr("ours", "disk", 1, 1), rr("fio", "disk", 1, 1)) {
+        (Some(a), Some(b)) => line(
+            "disk 4k randread QD1: p50 <= fio p50 + 10 us",
+            format!(
+                "{:.1} vs {:.1} us (+{:.1})",
+                a.p50_us,
+                b.p50_us,
+                a.p50_us - b.p50_us
+            ),
+            Some(a.p50_us <= b.p50_us + 10.0),
+        ),
+        _ => line(
+            "disk 4k randread QD1: p50 <= fio p50 + 10 us",
+            "-".into(),
+            None,
+        ),
+    }
+    for rw in ["read", "write"] {
+        let t = format!("disk 128k seq {rw} QD8: MB/s >= 0.9x fio");
+        match (
+            find(rows, "ours", "disk", rw, 131072, 1, 8),
+            find(rows, "fio", "disk", rw, 131072, 1, 8),
+        ) {
+            (Some(a), Some(b)) => line(
+                &t,
+                format!(
+                    "{:.0} vs {:.0} MB/s = {:.2}x",
+                    a.mb_per_s,
+                    b.mb_per_s,
+                    a.mb_per_s / b.mb_per_s
+                ),
+                Some(a.mb_per_s >= 0.9 * b.mb_per_s),
+            ),
+            _ => line(&t, "-".into(), None),
+        }
+    }
+    // 3. Scaling.
+    for media in ["tmpfs", "disk"] {
+        for rw in ["randread", "randwrite"] {
+            let t = format!("{media} 4k {rw}: 2 queues > 1 queue at QD32 per queue");
+            match (
+                find(rows, "ours", media, rw, 4096, 1, 32),
+                find(rows, "ours", media, rw, 4096, 2, 32),
+            ) {
+                (Some(a), Some(b)) => line(
+                    &t,
+                    format!(
+                        "{:.0} -> {:.0} IOPS ({:.2}x)",
+                        a.iops,
+                        b.iops,
+                        b.iops / a.iops
+                    ),
+                    Some(b.iops > a.iops),
+                ),
+                _ => line(&t, "-".into(), None),
+            }
+        }
+    }
+    // 4. Idle cost and memory.
+    let idle = rows.iter().find(|r| r.engine == "ours" && r.rw == "idle");
+    line(
+        "idle connected guest (4 queues): < 1% of a core",
+        idle.and_then(|r| r.backend_cpu_pct)
+            .map_or_else(|| "-".into(), |p| format!("{p:.3}% of a core")),
+        idle.and_then(|r| r.backend_cpu_pct).map(|p| p < 1.0),
+    );
+    let dirty = rows
+        .iter()
+        .filter(|r| r.engine == "ours" && r.queues == 4)
+        .filter_map(|r| r.private_dirty_kib)
+        .max();
+    line(
+        "daemon Private_Dirty with 4 queues of 256 entries: < 64 MiB",
+        dirty.map_or_else(
+            || "-".into(),
+            |k| format!("{:.1} MiB (max over the 4-queue runs)", k as f64 / 1024.0),
+        ),
+        dirty.map(|k| k < 64 * 1024),
+    );
     s
 }
 
@@ -308,8 +509,8 @@ pub fn main(args: &ReportArgs) -> Result<(), BenchError> {
         what: format!("read {}", args.from.display()),
         source,
     })?;
-    let rows = parse_rows(&text).map_err(BenchError::Report)?;
-    let md = markdown(&rows);
+    let rows = merge_repeats(parse_rows(&text).map_err(BenchError::Report)?);
+    let md = format!("{}\n### Targets\n\n{}", markdown(&rows), targets(&rows));
     match &args.markdown {
         Some(p) => std::fs::write(p, md).map_err(|source| BenchError::Io {
             what: format!("write {}", p.display()),
@@ -353,6 +554,21 @@ mod tests {
         );
         let rows = parse_rows(&text).unwrap();
         assert_eq!(rows.len(), 2);
+        let t = targets(&rows);
+        assert!(t.contains("| 6.00 vs 5.00 us/IO = 1.20x | met |"), "{t}");
+        let mut rep = rows.clone();
+        rep.push(Row {
+            iops: 80000.0,
+            ..rows[1].clone()
+        });
+        rep.push(Row {
+            iops: 100000.0,
+            ..rows[1].clone()
+        });
+        let m = merge_repeats(rep);
+        assert_eq!(m.len(), 2);
+        assert_eq!((m[1].iops, m[1].runs), (90000.0, 3));
+        assert!((m[1].spread.unwrap() - 20000.0 / 90000.0).abs() < 1e-9);
         let f = &rows[0];
         assert_eq!(f.iops, 100000.0);
         assert_eq!(f.p50_us, 20.0);
@@ -363,7 +579,7 @@ mod tests {
             md.contains("| tmpfs | randread 4k | 1 x 32 | ours | 90000 |"),
             "{md}"
         );
-        assert!(md.contains("| 0.90 | 1.20 |"), "{md}");
+        assert!(md.contains("| 0.90 | 1.20 | 1 |"), "{md}");
         let font = Path::new("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf");
         if font.exists() {
             load_font(font).unwrap();

@@ -142,15 +142,6 @@ fn connect(args: &BenchArgs, ring: u16) -> Result<ScsiFrontend, BenchError> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn lun_like_linux() {
-        assert_eq!(super::linux_lun(0, 0), [1, 0, 0x40, 0, 0, 0, 0, 0]);
-        assert_eq!(super::linux_lun(3, 0x1234), [1, 3, 0x52, 0x34, 0, 0, 0, 0]);
-    }
-}
-
 fn describe(r: &ScsiResponse) -> String {
     match r.sense_key() {
         Some((k, asc, ascq)) => format!(
@@ -893,5 +884,14 @@ impl Queue<'_> {
             self.publish()?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn lun_like_linux() {
+        assert_eq!(super::linux_lun(0, 0), [1, 0, 0x40, 0, 0, 0, 0, 0]);
+        assert_eq!(super::linux_lun(3, 0x1234), [1, 3, 0x52, 0x34, 0, 0, 0, 0]);
     }
 }

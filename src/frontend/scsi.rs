@@ -487,6 +487,15 @@ impl ScsiFrontend {
         Ok(())
     }
 
+    /// Kick vhost-user queue `vq` unconditionally (recovery from a backend
+    /// that lost a kick while it was starting up).
+    pub fn kick(&self, vq: usize) -> Result<()> {
+        let q = self.lock(vq)?;
+        q.vq.kick_fd()
+            .write(1)
+            .map_err(super::io_err("kick eventfd write"))
+    }
+
     /// Publish the chains queued on request queue `queue` and kick the
     /// backend if it asks for it. Returns whether a kick was sent.
     pub fn publish(&self, queue: usize) -> Result<bool> {

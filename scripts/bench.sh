@@ -99,13 +99,19 @@ fill() { # image
 }
 
 run_fio() { # media img rw bs queues qd
-  local out="$WORK/fio.json"
-  $PIN_FIO fio --name=bench --filename="$2" --size="$SIZE" --ioengine=io_uring --direct=1 \
-    --rw="$3" --bs="$4" --numjobs="$5" --iodepth="$6" --group_reporting \
-    --time_based --runtime="$RUNTIME" --ramp_time="$RAMP" --norandommap --randrepeat=0 \
-    --lat_percentiles=1 --output-format=json --output="$out" >/dev/null
-  record fio "$1" "$3" "$4" "$5" "$6" "$out"
-  echo "  fio  $1 $3 bs=$4 q=$5 qd=$6: $(grep -m1 '"iops"' "$out" | tr -d ' ,')" >&2
+  # fio's own usr/sys CPU (RUSAGE_THREAD) leaves out its io_uring io-wq
+  # workers (iou-wrk), which do the copies on tmpfs: also take bash's
+  # `time` of the whole fio process tree, which includes them.
+  local out="$WORK/fio.json" t
+  t=$( { TIMEFORMAT='%U %S'; time $PIN_FIO fio --name=bench --filename="$2" --size="$SIZE" \
+    --ioengine=io_uring --direct=1 --rw="$3" --bs="$4" --numjobs="$5" --iodepth="$6" \
+    --group_reporting --time_based --runtime="$RUNTIME" --ramp_time="$RAMP" --norandommap \
+    --randrepeat=0 --lat_percentiles=1 --output-format=json --output="$out" >/dev/null; } 2>&1 )
+  printf '{"engine":"fio","media":"%s","rw":"%s","bs":%s,"queues":%s,"qd":%s,"cpu_s":%s,"span_s":%s,"data":' \
+    "$1" "$3" "$4" "$5" "$6" "$(echo "$t" | awk '{print $1 + $2}')" "$(echo "$RAMP $RUNTIME" | awk '{print $1 + $2}')" >> "$RESULTS"
+  cat "$out" >> "$RESULTS"
+  printf '}\n' >> "$RESULTS"
+  echo "  fio  $1 $3 bs=$4 q=$5 qd=$6: $(grep '"iops"' "$out" | head -2 | tr -d ' ,\n') cpu $t" >&2
 }
 
 run_bench() { # engine media rw bs queues qd socket pid
@@ -216,7 +222,9 @@ fi
   echo "## How to read it"
   echo
   echo "- fio runs \`--ioengine=io_uring --direct=1\` on the image itself: the physical limit."
-  echo "  Its CPU us/IO is fio's usr+sys time per I/O (submission and completion in one process)."
+  echo "  Its CPU us/IO is the whole fio process tree's user+system time (bash \`time\`, ramp"
+  echo "  included) per I/O: fio's own usr/sys figures use RUSAGE_THREAD and leave out the"
+  echo "  io_uring io-wq workers (iou-wrk) that do the work on tmpfs (O_DIRECT is punted there)."
   echo "- ours / peer: \`vhost-user-scsi bench\` plays the guest through vhost-user (indirect"
   echo "  descriptors and EVENT_IDX when offered, like Linux). engine CPU us/IO is the backend"
   echo "  daemon's utime+stime (/proc/PID/stat) per I/O; bench CPU us/IO is the frontend's own"

@@ -41,6 +41,12 @@ struct RawRow {
     bs: u32,
     queues: u16,
     qd: u16,
+    /// fio rows: CPU seconds of the whole fio process tree (all threads,
+    /// io-wq workers included) over `span_s` seconds of load.
+    #[serde(default)]
+    cpu_s: Option<f64>,
+    #[serde(default)]
+    span_s: Option<f64>,
     data: Value,
 }
 
@@ -94,8 +100,18 @@ fn from_fio(raw: &RawRow) -> Result<Row, String> {
         num(v) / 1000.0
     };
     let ios = num(&d["total_ios"]);
-    let cpu_s =
-        (num(&job["usr_cpu"]) + num(&job["sys_cpu"])) / 100.0 * num(&job["job_runtime"]) / 1000.0;
+    let iops = num(&d["iops"]);
+    let cpu_us_per_io = match (raw.cpu_s, raw.span_s) {
+        // Whole-process CPU over ramp + runtime, per I/O at the measured rate.
+        (Some(c), Some(span)) if iops > 0.0 && span > 0.0 => Some(c * 1e6 / (iops * span)),
+        _ => {
+            // fio's own figures (RUSAGE_THREAD: io-wq workers not included).
+            let cpu_s = (num(&job["usr_cpu"]) + num(&job["sys_cpu"])) / 100.0
+                * num(&job["job_runtime"])
+                / 1000.0;
+            (ios > 0.0).then(|| cpu_s * 1e6 / ios)
+        }
+    };
     Ok(Row {
         engine: raw.engine.clone(),
         media: raw.media.clone(),
@@ -107,7 +123,7 @@ fn from_fio(raw: &RawRow) -> Result<Row, String> {
         mb_per_s: num(&d["bw_bytes"]) / 1e6,
         p50_us: pct("50.000000"),
         p99_us: pct("99.000000"),
-        cpu_us_per_io: (ios > 0.0).then(|| cpu_s * 1e6 / ios),
+        cpu_us_per_io,
         bench_cpu_us_per_io: None,
         errors: job["error"].as_u64().unwrap_or(0),
         backend_cpu_pct: None,
@@ -589,5 +605,9 @@ mod tests {
             assert!(std::fs::metadata(&png).unwrap().len() > 1000);
         }
         assert!(parse_rows("{\"engine\":").is_err());
+        // With the process tree's CPU: 3 s over 2 s at 100000 IOPS = 15 us/IO.
+        let with_time = FIO.replace("\"qd\":32,", "\"qd\":32,\"cpu_s\":3.0,\"span_s\":2.0,");
+        let r = parse_rows(&with_time).unwrap();
+        assert!((r[0].cpu_us_per_io.unwrap() - 15.0).abs() < 1e-9);
     }
 }

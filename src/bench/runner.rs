@@ -177,7 +177,10 @@ fn command(
     .map_err(fe_err(what()))?;
     match c.outcome {
         crate::frontend::Outcome::Scsi(r) => Ok(r),
-        _ => Err(BenchError::Report(format!("{}: completion of another kind", what()))),
+        _ => Err(BenchError::Report(format!(
+            "{}: completion of another kind",
+            what()
+        ))),
     }
 }
 

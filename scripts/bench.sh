@@ -193,8 +193,12 @@ done
 ELAPSED=$(( $(date +%s) - START ))
 
 mkdir -p "$(dirname "$OUT")"
+if [ -f "$OUT" ]; then
+  sed -n '/^<!-- analysis: kept by scripts\/bench.sh -->$/,$p' "$OUT" > "$WORK/analysis.md"
+  [ -s "$WORK/analysis.md" ] || rm -f "$WORK/analysis.md"
+fi
 PNG="$(dirname "$OUT")/bench.png"
-cp "$RESULTS" "$(dirname "$OUT")/bench-results.json"
+cp "$RESULTS" "$DISK_DIR/bench-results.json"
 "$BIN" bench-report --from "$RESULTS" --out "$PNG" --markdown "$WORK/table.md"
 
 PEER_VERSION="none"
@@ -239,9 +243,11 @@ fi
   echo "![IOPS and latency against queue depth](bench.png)"
   echo
   cat "$WORK/table.md"
-  if [ -f "$ROOT/docs/benchmarks-analysis.md" ]; then
+  # The hand-written analysis (from the marker on) is kept across runs.
+  if [ -f "$WORK/analysis.md" ]; then
     echo
-    cat "$ROOT/docs/benchmarks-analysis.md"
+    cat "$WORK/analysis.md"
   fi
-} > "$OUT"
-echo "bench.sh: wrote $OUT and $PNG (raw results: $(dirname "$OUT")/bench-results.json)" >&2
+} > "$WORK/out.md"
+mv "$WORK/out.md" "$OUT"
+echo "bench.sh: wrote $OUT and $PNG (raw results: $DISK_DIR/bench-results.json)" >&2

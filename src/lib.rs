@@ -10,6 +10,7 @@
 //! [`frontend`] is a vhost-user *frontend* (QEMU's side) used by the host
 //! integration tests and the benchmark; [`cli`] is the command line.
 
+pub mod bench;
 pub mod block;
 pub mod cli;
 pub mod frontend;

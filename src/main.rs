@@ -49,6 +49,8 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Serve(args) => run_serve(&args),
+        Command::Bench(args) => vhost_user_scsi::bench::main(&args).map_err(Into::into),
+        Command::BenchReport(args) => vhost_user_scsi::bench::plot::main(&args).map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

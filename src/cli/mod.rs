@@ -30,6 +30,11 @@ pub struct Cli {
 pub enum Command {
     /// Serve disks on a vhost-user socket until SIGINT/SIGTERM.
     Serve(ServeArgs),
+    /// Drive a vhost-user-scsi backend (ours or another) with a storage workload, no VM.
+    Bench(crate::bench::BenchArgs),
+    /// Turn matrix results into a markdown table and a PNG (scripts/bench.sh).
+    #[command(hide = true)]
+    BenchReport(crate::bench::ReportArgs),
 }
 
 /// Options of `serve`.
@@ -116,6 +121,7 @@ mod tests {
     fn serve(args: &[&str]) -> ServeArgs {
         match parse(args).unwrap().command {
             Command::Serve(s) => s,
+            other => panic!("not serve: {other:?}"),
         }
     }
 

@@ -359,6 +359,9 @@ impl ScsiFrontend {
     }
 
     fn free_allocs(&self, allocs: &[(u64, u64)]) {
+        if allocs.is_empty() {
+            return;
+        }
         let mut a = self.alloc_lock();
         for &(addr, len) in allocs {
             a.free(addr, len);
@@ -417,6 +420,88 @@ impl ScsiFrontend {
             self.free_allocs(&allocs);
         }
         r
+    }
+
+    /// Allocate `len` bytes of guest memory aligned to `align` (a power of
+    /// two) for the caller's own chains (see [`ScsiFrontend::queue_chain`]);
+    /// its contents are whatever was there. Return it with
+    /// [`ScsiFrontend::free_buffer`].
+    pub fn alloc_buffer(&self, len: usize, align: u64) -> Result<u64> {
+        self.alloc_lock()
+            .alloc(len as u64, align)
+            .ok_or(Error::OutOfMemory(len))
+    }
+
+    /// Give back a buffer from [`ScsiFrontend::alloc_buffer`] (same `len`).
+    pub fn free_buffer(&self, addr: u64, len: usize) {
+        self.alloc_lock().free(addr, len as u64);
+    }
+
+    /// The fast path for benchmarks: put a chain of caller-owned buffers
+    /// (header, data, response as the caller wrote them) on request queue
+    /// `queue` without publishing it (call [`ScsiFrontend::publish`]).
+    /// Nothing is allocated, copied or zeroed. Its [`Completion`] (from
+    /// [`ScsiFrontend::wait_completions`]) has `tag == user` and an empty
+    /// [`Outcome::Raw`]; the caller reads the response from its buffers.
+    pub fn queue_chain(&self, queue: usize, segs: &[Seg], user: u64) -> Result<()> {
+        let vq = self.request_vq(queue)?;
+        let mut q = self.lock(vq)?;
+        let head = q.vq.add_chain(&self.mem, segs)?;
+        q.pending.insert(
+            head,
+            Pending {
+                tag: user,
+                kind: Kind::Raw {
+                    writable: Vec::new(),
+                },
+                allocs: Vec::new(),
+            },
+        );
+        Ok(())
+    }
+
+    /// As [`ScsiFrontend::queue_chain`], with the chain written into the
+    /// caller's indirect table at `table` (16 bytes per segment, owned by
+    /// the caller until completion): one ring descriptor per request, as a
+    /// Linux guest does when VIRTIO_RING_F_INDIRECT_DESC is negotiated.
+    pub fn queue_chain_indirect(
+        &self,
+        queue: usize,
+        table: u64,
+        segs: &[Seg],
+        user: u64,
+    ) -> Result<()> {
+        let vq = self.request_vq(queue)?;
+        let mut q = self.lock(vq)?;
+        let head = q.vq.add_indirect(&self.mem, table, segs)?;
+        q.pending.insert(
+            head,
+            Pending {
+                tag: user,
+                kind: Kind::Raw {
+                    writable: Vec::new(),
+                },
+                allocs: Vec::new(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Kick vhost-user queue `vq` unconditionally (recovery from a backend
+    /// that lost a kick while it was starting up).
+    pub fn kick(&self, vq: usize) -> Result<()> {
+        let q = self.lock(vq)?;
+        q.vq.kick_fd()
+            .write(1)
+            .map_err(super::io_err("kick eventfd write"))
+    }
+
+    /// Publish the chains queued on request queue `queue` and kick the
+    /// backend if it asks for it. Returns whether a kick was sent.
+    pub fn publish(&self, queue: usize) -> Result<bool> {
+        let vq = self.request_vq(queue)?;
+        let mut q = self.lock(vq)?;
+        q.vq.notify(&self.mem)
     }
 
     /// Submit a command on request queue `queue` (0-based) without waiting.

@@ -121,6 +121,20 @@ impl FreeList {
         ids.reverse();
         Some(ids)
     }
+    /// Fill `ids` with free ids (as [`FreeList::take`] would return them),
+    /// without allocating; false (nothing taken) if too few are free.
+    pub fn take_into(&mut self, ids: &mut [u16]) -> bool {
+        let n = ids.len();
+        if n > self.free.len() {
+            return false;
+        }
+        let at = self.free.len() - n;
+        for (k, id) in ids.iter_mut().enumerate() {
+            *id = self.free[self.free.len() - 1 - k];
+        }
+        self.free.truncate(at);
+        true
+    }
     pub fn put(&mut self, ids: &[u16]) {
         self.free.extend(ids.iter().rev());
     }
@@ -144,8 +158,12 @@ pub struct SplitQueue {
     event_idx: bool,
     always_kick: bool,
     free: FreeList,
-    /// Descriptor ids of the chain headed by each in-flight head id.
-    inflight: Vec<Option<Vec<u16>>>,
+    /// Shadow of each descriptor's chain successor (as the frontend built
+    /// it), to free a chain without reading guest memory or allocating.
+    chain_next: Vec<u16>,
+    /// Number of descriptors of the chain headed by each id (0: not an
+    /// in-flight head).
+    chain_len: Vec<u16>,
     /// Shadow of avail->idx (what has been added).
     avail_idx: u16,
     /// avail->idx as last published (stored to memory).
@@ -187,7 +205,8 @@ impl SplitQueue {
             event_idx,
             always_kick,
             free: FreeList::new(size),
-            inflight: vec![None; usize::from(size)],
+            chain_next: vec![0; usize::from(size)],
+            chain_len: vec![0; usize::from(size)],
             avail_idx: 0,
             published: 0,
             kicked: 0,
@@ -216,7 +235,7 @@ impl SplitQueue {
         self.free.len()
     }
     pub fn in_flight(&self) -> usize {
-        self.inflight.iter().filter(|x| x.is_some()).count()
+        self.chain_len.iter().filter(|&&n| n != 0).count()
     }
     /// The avail index published so far (what GET_VRING_BASE should return
     /// once everything was consumed).
@@ -239,18 +258,48 @@ impl SplitQueue {
         mem.write(table + DESC_SIZE * u64::from(i), &d.to_bytes())
     }
 
-    fn push_avail(&mut self, mem: &GuestMem, head: u16, ids: Vec<u16>) -> Result<()> {
+    /// Make `ids` (a chain, head first) in flight and put the head on the
+    /// avail ring. On error the ids go back to the free list.
+    fn push_avail(&mut self, mem: &GuestMem, ids: &[u16]) -> Result<()> {
+        let head = ids[0];
         let slot = self.avail + 4 + 2 * u64::from(self.avail_idx % self.size);
-        mem.write(slot, &head.to_le_bytes())?;
-        self.inflight[usize::from(head)] = Some(ids);
+        if let Err(e) = mem.write(slot, &head.to_le_bytes()) {
+            self.free.put(ids);
+            return Err(e);
+        }
+        for w in ids.windows(2) {
+            self.chain_next[usize::from(w[0])] = w[1];
+        }
+        self.chain_len[usize::from(head)] = ids.len() as u16;
         self.avail_idx = self.avail_idx.wrapping_add(1);
         Ok(())
     }
 
     /// Add a chain of direct descriptors (NEXT-linked) to the avail ring
     /// (not yet published: call [`SplitQueue::notify`]). Returns the head id.
+    /// Allocates nothing (chains of up to 16 descriptors).
     pub fn add_chain(&mut self, mem: &GuestMem, segs: &[Seg]) -> Result<u16> {
-        let ids = self.take(segs.len())?;
+        const MAX_ON_STACK: usize = 16;
+        if segs.len() > MAX_ON_STACK {
+            let ids = self.take(segs.len())?;
+            return self.write_chain(mem, segs, &ids);
+        }
+        let mut buf = [0u16; MAX_ON_STACK];
+        let ids = &mut buf[..segs.len()];
+        if segs.is_empty() {
+            return Err(Error::Config("empty descriptor chain".into()));
+        }
+        if !self.free.take_into(ids) {
+            return Err(Error::QueueFull {
+                queue: self.index,
+                needed: segs.len(),
+                free: self.free.len(),
+            });
+        }
+        self.write_chain(mem, segs, &buf[..segs.len()])
+    }
+
+    fn write_chain(&mut self, mem: &GuestMem, segs: &[Seg], ids: &[u16]) -> Result<u16> {
         for (k, s) in segs.iter().enumerate() {
             let last = k + 1 == segs.len();
             let d = Desc {
@@ -261,13 +310,12 @@ impl SplitQueue {
                 next: if last { 0 } else { ids[k + 1] },
             };
             if let Err(e) = self.write_desc(mem, self.desc, ids[k], d) {
-                self.free.put(&ids);
+                self.free.put(ids);
                 return Err(e);
             }
         }
-        let head = ids[0];
-        self.push_avail(mem, head, ids)?;
-        Ok(head)
+        self.push_avail(mem, ids)?;
+        Ok(ids[0])
     }
 
     /// Add a chain placed in an indirect table at `table` (the caller owns
@@ -287,7 +335,14 @@ impl SplitQueue {
             };
             self.write_desc(mem, table, k as u16, d)?;
         }
-        let ids = self.take(1)?;
+        let mut ids = [0u16; 1];
+        if !self.free.take_into(&mut ids) {
+            return Err(Error::QueueFull {
+                queue: self.index,
+                needed: 1,
+                free: 0,
+            });
+        }
         let d = Desc {
             addr: table,
             len: (DESC_SIZE as usize * segs.len()) as u32,
@@ -298,9 +353,8 @@ impl SplitQueue {
             self.free.put(&ids);
             return Err(e);
         }
-        let head = ids[0];
-        self.push_avail(mem, head, ids)?;
-        Ok(head)
+        self.push_avail(mem, &ids)?;
+        Ok(ids[0])
     }
 
     /// Write arbitrary descriptors (for malformed-chain tests): `descs[k].next`
@@ -318,9 +372,8 @@ impl SplitQueue {
                 return Err(e);
             }
         }
-        let head = ids[0];
-        self.push_avail(mem, head, ids)?;
-        Ok(head)
+        self.push_avail(mem, &ids)?;
+        Ok(ids[0])
     }
 
     /// Publish what was added (Release fence before the idx store), then
@@ -395,17 +448,27 @@ impl SplitQueue {
         mem.read(elem, &mut b)?;
         let id32 = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
         let len = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
-        let ids = usize::try_from(id32)
+        let n = usize::try_from(id32)
             .ok()
-            .and_then(|i| self.inflight.get_mut(i))
-            .and_then(Option::take)
+            .and_then(|i| self.chain_len.get_mut(i))
+            .map(std::mem::take)
+            .filter(|&n| n != 0)
             .ok_or_else(|| {
                 self.bad(format!(
                     "used element {} has id {id32}, which is not an in-flight head",
                     self.last_used
                 ))
             })?;
-        self.free.put(&ids);
+        let mut id = id32 as u16;
+        for k in 0..n {
+            self.free.free.push(id);
+            if k + 1 < n {
+                id = self.chain_next[usize::from(id)];
+            }
+        }
+        // Like `put`: the head is reused first.
+        let l = self.free.free.len();
+        self.free.free[l - usize::from(n)..].reverse();
         self.last_used = self.last_used.wrapping_add(1);
         if self.event_idx {
             self.store16(

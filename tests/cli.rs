@@ -11,8 +11,25 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_vhost-user-scsi"))
 }
 
+/// Run to completion; a daemon that starts serving instead of failing is
+/// killed after 20 s and the test fails.
 fn run(args: &[&str]) -> Output {
-    bin().args(args).output().expect("run the binary")
+    let mut child = bin()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the binary");
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{args:?} did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
 }
 
 fn image(dir: &Path, name: &str, len: u64) -> PathBuf {
@@ -66,6 +83,7 @@ fn bad_input_is_one_line_and_exit_1() {
     let empty = empty.display().to_string();
     let odd = odd.display().to_string();
     let not4k = format!("{},block-size=4096", not4k.display());
+    let pr_under_file = format!("{good}/pr");
     let cases: Vec<(Vec<String>, &str)> = vec![
         (with_socket(&["--disk", &missing]), "missing.img"),
         (
@@ -109,7 +127,8 @@ fn bad_input_is_one_line_and_exit_1() {
             "queue-size",
         ),
         (
-            with_socket(&["--disk", good, "--pr-state", "/nonexistent/dir"]),
+            // A --pr-state directory that cannot exist (below a regular file).
+            with_socket(&["--disk", good, "--pr-state", &pr_under_file]),
             "pr-state",
         ),
         (with_socket(&[]), "--disk"),

@@ -56,6 +56,15 @@ pub enum SetupError {
 /// Open every disk of `args` and build the device.
 pub fn build_device(args: &ServeArgs) -> Result<Device, SetupError> {
     let numbers = args.lun_numbers()?;
+    let pr_store: Option<Arc<dyn crate::scsi::PrStore>> = match &args.pr_state {
+        Some(dir) => Some(Arc::new(DirPrStore::new(dir).map_err(|source| {
+            SetupError::PrState {
+                dir: dir.display().to_string(),
+                source,
+            }
+        })?)),
+        None => None,
+    };
     let mut configs = Vec::with_capacity(args.disks.len());
     let mut luns = Vec::with_capacity(args.disks.len());
     for (spec, lun) in args.disks.iter().zip(numbers) {
@@ -72,14 +81,8 @@ pub fn build_device(args: &ServeArgs) -> Result<Device, SetupError> {
         luns.push(LunBacking::new(lun, Arc::new(backing), config.block_size));
         configs.push(config);
     }
-    let target = match &args.pr_state {
-        Some(dir) => {
-            let store = DirPrStore::new(dir).map_err(|source| SetupError::PrState {
-                dir: dir.display().to_string(),
-                source,
-            })?;
-            Target::with_pr_store(configs, Arc::new(store))?
-        }
+    let target = match pr_store {
+        Some(store) => Target::with_pr_store(configs, store)?,
         None => Target::new(configs)?,
     };
     Ok(Device::new(target, luns))

@@ -17,7 +17,7 @@ mod uring;
 
 pub use backing::{Backing, BackingKind};
 pub use provision::{Extent, FILE_MAX_DISCARD_BYTES};
-pub use uring::{Completion, Engine, EngineOp, IoVec};
+pub use uring::{Completion, Engine, EngineOp, IoVec, IoVecs};
 
 use std::path::PathBuf;
 

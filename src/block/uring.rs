@@ -52,6 +52,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use io_uring::{opcode, squeue, types, IoUring};
+use smallvec::SmallVec;
 
 use super::{Backing, BlockError};
 use crate::units::ByteOffset;
@@ -85,16 +86,20 @@ impl IoVec {
     }
 }
 
+/// The iovecs of one op: a few inline (a request's buffers are usually 1 to
+/// 4 segments), more on the heap.
+pub type IoVecs = SmallVec<[IoVec; 4]>;
+
 /// One operation for the engine.
 #[derive(Debug)]
 pub enum EngineOp {
     Read {
         offset: ByteOffset,
-        iovecs: Vec<IoVec>,
+        iovecs: IoVecs,
     },
     Write {
         offset: ByteOffset,
-        iovecs: Vec<IoVec>,
+        iovecs: IoVecs,
         fua: bool,
     },
     Flush,
@@ -192,7 +197,7 @@ enum Kind {
 struct Bounce {
     buf: AlignedBuf,
     /// The caller's iovecs, for the copy-out of a read.
-    user: Vec<IoVec>,
+    user: IoVecs,
 }
 
 /// One op owned by the engine until its completion is reaped.
@@ -206,7 +211,7 @@ struct Slot {
     total: u64,
     done: u64,
     /// What the kernel transfers to/from; `iovecs[start..]` remains.
-    iovecs: Vec<IoVec>,
+    iovecs: IoVecs,
     start: usize,
     bounce: Option<Bounce>,
 }
@@ -260,7 +265,11 @@ impl Slot {
 /// Bookkeeping, separate from the ring so CQEs can be handled while the
 /// completion queue is borrowed.
 struct State {
-    slots: Vec<Option<Slot>>,
+    /// Boxed so that a slot never moves while the kernel may read its
+    /// iovec array (kept inline in the slot); boxes are reused, so there is
+    /// no allocation per op once the engine has warmed up.
+    #[allow(clippy::vec_box)] // the box is the point: a stable address
+    slots: Vec<Box<Option<Slot>>>,
     free: Vec<usize>,
     /// Occupied slots.
     live: usize,
@@ -280,19 +289,19 @@ impl State {
         match self.free.pop() {
             Some(idx) => {
                 if let Some(s) = self.slots.get_mut(idx) {
-                    *s = Some(slot);
+                    **s = Some(slot);
                 }
                 idx
             }
             None => {
-                self.slots.push(Some(slot));
+                self.slots.push(Box::new(Some(slot)));
                 self.slots.len() - 1
             }
         }
     }
 
     fn finish(&mut self, idx: usize, result: Result<u64, i32>, out: &mut Vec<Completion>) {
-        let Some(slot) = self.slots.get_mut(idx).and_then(Option::take) else {
+        let Some(slot) = self.slots.get_mut(idx).and_then(|b| b.take()) else {
             return;
         };
         self.free.push(idx);
@@ -312,7 +321,7 @@ impl State {
     fn on_cqe(&mut self, idx: u64, res: i32, out: &mut Vec<Completion>) {
         self.in_kernel = self.in_kernel.saturating_sub(1);
         let idx = usize::try_from(idx).unwrap_or(usize::MAX);
-        let Some(slot) = self.slots.get_mut(idx).and_then(Option::as_mut) else {
+        let Some(slot) = self.slots.get_mut(idx).and_then(|b| b.as_mut().as_mut()) else {
             tracing::error!(idx, res, "io_uring completion for an unknown slot");
             return;
         };
@@ -468,7 +477,7 @@ impl Engine {
                 iovecs,
                 fua,
             } => (Kind::Write { fua }, offset.0, iovecs),
-            EngineOp::Flush => (Kind::Flush, 0, Vec::new()),
+            EngineOp::Flush => (Kind::Flush, 0, IoVecs::new()),
         };
         let total: u64 = iovecs.iter().map(|v| v.len() as u64).sum();
         if kind != Kind::Flush && total == 0 {
@@ -502,7 +511,7 @@ impl Engine {
                     // reads; `buf` is a fresh allocation of `total` bytes.
                     unsafe { copy_from_iovecs(&buf, &iovecs) };
                 }
-                let bounce_iov = vec![buf.iovec()];
+                let bounce_iov = smallvec::smallvec![buf.iovec()];
                 bounce = Some(Bounce { buf, user: iovecs });
                 iovecs = bounce_iov;
             }
@@ -635,7 +644,7 @@ impl Engine {
             let Some(idx) = st.backlog.pop_front() else {
                 break;
             };
-            let Some(slot) = st.slots.get(idx).and_then(Option::as_ref) else {
+            let Some(slot) = st.slots.get(idx).and_then(|b| b.as_ref().as_ref()) else {
                 continue;
             };
             let sqe = slot.sqe(idx);
@@ -731,7 +740,7 @@ impl Drop for Engine {
                 in_flight = self.st.live,
                 "io_uring engine dropped with ops in flight; leaking their buffers"
             );
-            for slot in self.st.slots.drain(..).flatten() {
+            for slot in self.st.slots.drain(..).filter_map(|b| *b) {
                 std::mem::forget(slot);
             }
         }
@@ -819,14 +828,14 @@ mod tests {
     fn read(offset: u64, iovecs: Vec<IoVec>) -> EngineOp {
         EngineOp::Read {
             offset: ByteOffset(offset),
-            iovecs,
+            iovecs: iovecs.into(),
         }
     }
 
     fn write(offset: u64, iovecs: Vec<IoVec>, fua: bool) -> EngineOp {
         EngineOp::Write {
             offset: ByteOffset(offset),
-            iovecs,
+            iovecs: iovecs.into(),
             fua,
         }
     }
@@ -979,7 +988,7 @@ mod tests {
             offset: 100,
             total: 30,
             done: 0,
-            iovecs: vec![
+            iovecs: smallvec::smallvec![
                 IoVec::new(std::ptr::null_mut::<u8>().wrapping_add(1000), 10),
                 IoVec::new(std::ptr::null_mut(), 0),
                 IoVec::new(std::ptr::null_mut::<u8>().wrapping_add(2000), 20),
@@ -1075,7 +1084,11 @@ mod tests {
         let mut seen: Vec<u64> = out.iter().map(|c| c.user_data).collect();
         seen.sort_unstable();
         assert_eq!(seen, (0..N as u64).collect::<Vec<_>>());
-        assert!(out.iter().all(|c| c.result == Ok(4096)));
+        assert!(
+            out.iter().all(|c| c.result == Ok(4096)),
+            "{:?}",
+            out.iter().find(|c| c.result != Ok(4096))
+        );
 
         // Read everything back (unaligned, so bounced) with drain.
         let mut rbufs: Vec<TestBuf> = (0..N).map(|_| TestBuf::new(4096, 1)).collect();

@@ -18,7 +18,7 @@ use super::device::{Device, LunBacking};
 use super::exec::{self, Gate, SlowOp};
 use super::ratelimit::{warn_limited, RateLimit};
 use super::slow::{JobResult, SlowLane};
-use crate::block::{Completion, Engine, EngineOp, IoVec};
+use crate::block::{Completion, Engine, EngineOp, IoVecs};
 use crate::scsi::{io_error_sense, BlockIo, IoDir, NexusId, Outcome, Sense, Status};
 use crate::virtio_scsi::{
     decode_lun, parse_cmd, split_chain, CmdRequest, CmdRespHeader, GuestMem, LunAddress, Segments,
@@ -448,7 +448,7 @@ impl RequestWorker {
                 return self.push_slow(state, slot, job);
             }
         };
-        let mut iovecs: Vec<IoVec> = Vec::new();
+        let mut iovecs = IoVecs::new();
         if let Err(e) = buf.iovecs(&mem, len, &mut iovecs) {
             if let Some(g) = &gate {
                 g.leave_fast();

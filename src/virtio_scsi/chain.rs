@@ -24,7 +24,8 @@ use super::defs::{
     CmdReqHeader, CmdRespHeader, CtrlAnReq, CtrlAnResp, CtrlTmfReq, CtrlTmfResp, T_AN_QUERY,
     T_AN_SUBSCRIBE, T_TMF,
 };
-use crate::block::IoVec;
+use crate::block::{IoVec, IoVecs};
+use smallvec::SmallVec;
 
 /// The guest memory type the daemon works with (no dirty bitmap).
 pub type GuestMem = GuestMemoryMmap<()>;
@@ -69,7 +70,7 @@ pub struct Segment {
 /// never touches memory outside that map).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Segments {
-    segs: Vec<Segment>,
+    segs: SmallVec<[Segment; 4]>,
     total: u64,
 }
 
@@ -242,7 +243,7 @@ impl Segments {
     /// One iovec per segment piece: a guest may send up to 65535 descriptors
     /// in an indirect table (virtio-queue's bound), more than `IOV_MAX`
     /// (1024) for `readv`; callers check `out.len()` before submitting.
-    pub fn iovecs(&self, mem: &GuestMem, len: u64, out: &mut Vec<IoVec>) -> Result<(), ChainError> {
+    pub fn iovecs(&self, mem: &GuestMem, len: u64, out: &mut IoVecs) -> Result<(), ChainError> {
         if len > self.total {
             return Err(ChainError::Malformed("iovec length exceeds the buffers"));
         }
@@ -254,12 +255,7 @@ impl Segments {
         res
     }
 
-    fn push_iovecs(
-        &self,
-        mem: &GuestMem,
-        len: u64,
-        out: &mut Vec<IoVec>,
-    ) -> Result<(), ChainError> {
+    fn push_iovecs(&self, mem: &GuestMem, len: u64, out: &mut IoVecs) -> Result<(), ChainError> {
         for (piece, _) in self.pieces(len) {
             let err = ChainError::OutsideMemory {
                 addr: piece.addr.raw_value(),

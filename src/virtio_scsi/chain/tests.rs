@@ -496,7 +496,7 @@ fn descriptor_spanning_two_regions() {
     let req = parse_cmd(&mem, sc).unwrap();
     assert_eq!(req.header, parsed_header());
 
-    let mut iov = Vec::new();
+    let mut iov = crate::block::IoVecs::new();
     req.resp.iovecs(&mem, 108, &mut iov).unwrap();
     assert_eq!(iov.len(), 2);
     assert_eq!(iov[0].0.iov_len, 4);
@@ -806,7 +806,7 @@ fn access_outside_memory_fails_cleanly() {
         Err(ChainError::OutsideMemory { addr: HOLE, len: 4 })
     );
     assert!(s.write_from(&mem, &buf).is_err());
-    let mut out = Vec::new();
+    let mut out = crate::block::IoVecs::new();
     assert!(s.iovecs(&mem, 8, &mut out).is_err());
     assert!(out.is_empty());
     let mut r = s.reader(&mem);
@@ -850,7 +850,7 @@ fn reader_streams_across_segments() {
 fn iovecs_point_at_the_guest_bytes() {
     let mem = mem();
     let s = segs(&[(DATA + 1, 5), (REGION_B - 2, 6), (REGION_C + 0x10, 9)]);
-    let mut out = vec![IoVec(libc::iovec {
+    let mut out = smallvec::smallvec![IoVec(libc::iovec {
         iov_base: std::ptr::null_mut(),
         iov_len: 0,
     })];
@@ -882,11 +882,11 @@ fn iovecs_point_at_the_guest_bytes() {
     assert_eq!(after, [0]);
 
     // Shorter prefixes, and the empty one.
-    let mut out = Vec::new();
+    let mut out = crate::block::IoVecs::new();
     s.iovecs(&mem, 7, &mut out).unwrap();
     let lens: Vec<usize> = out.iter().map(|v| v.0.iov_len).collect();
     assert_eq!(lens, [5, 2]);
-    let mut out = Vec::new();
+    let mut out = crate::block::IoVecs::new();
     s.iovecs(&mem, 0, &mut out).unwrap();
     assert!(out.is_empty());
     // Longer than the segments: error, nothing appended.
@@ -967,7 +967,7 @@ fn exercise(mem: &GuestMem, sc: SplitChain) {
     let _ = sc.readable.read_to(mem, &mut buf);
     let _ = sc.readable.reader(mem).read(&mut buf);
     let _ = sc.writable.write_from(mem, &buf);
-    let mut iov = Vec::new();
+    let mut iov = crate::block::IoVecs::new();
     let n = sc.writable.len().min(4096);
     sc.writable.iovecs(mem, n, &mut iov).unwrap();
     assert_eq!(iov.iter().map(|v| v.0.iov_len as u64).sum::<u64>(), n);

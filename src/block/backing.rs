@@ -38,6 +38,8 @@ pub struct Backing {
     size: AtomicU64,
     logical_block_size: u32,
     direct: bool,
+    /// On tmpfs: page-cache memory with no NOWAIT read/write path.
+    memory: bool,
     rotational: bool,
     readonly: bool,
     dio_mem_align: usize,
@@ -250,6 +252,7 @@ impl Backing {
             size: AtomicU64::new(size),
             logical_block_size,
             direct,
+            memory: kind == BackingKind::File && is_tmpfs(path),
             rotational,
             readonly,
             dio_mem_align,
@@ -288,6 +291,12 @@ impl Backing {
     /// BLKSSZGET for devices, 512 for files.
     pub fn logical_block_size(&self) -> u32 {
         self.logical_block_size
+    }
+    /// A tmpfs file: its data is memory, and the kernel offers no NOWAIT
+    /// path for it, so io_uring would hand every request to a worker thread
+    /// that does the same copy. The engine copies inline instead.
+    pub fn is_memory(&self) -> bool {
+        self.memory
     }
     /// Opened with O_DIRECT.
     pub fn is_direct(&self) -> bool {

@@ -158,6 +158,73 @@ impl Drop for AlignedBuf {
     }
 }
 
+/// Execute an op synchronously on a memory-backed (tmpfs) file: a readv or
+/// writev is a copy to or from the page cache there, which io_uring could
+/// only hand to a worker thread (tmpfs has no NOWAIT path). Loops over short
+/// transfers and IOV_MAX chunks; EOF before the end is EIO.
+///
+/// # Safety
+/// The iovecs must be valid for the op's direction.
+unsafe fn copy_inline(fd: RawFd, kind: Kind, offset: u64, iovecs: &[IoVec], total: u64) -> Result<u64, i32> {
+    if kind == Kind::Flush {
+        // SAFETY: fdatasync on a descriptor we hold; no memory involved.
+        return match unsafe { libc::fdatasync(fd) } {
+            0 => Ok(0),
+            _ => Err(io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)),
+        };
+    }
+    let mut iov: IoVecs = iovecs.iter().copied().collect();
+    let mut start = 0usize;
+    let mut done = 0u64;
+    while done < total {
+        let end = iov.len().min(start + IOV_MAX);
+        let Some(rest) = iov.get(start..end) else {
+            return Err(libc::EIO);
+        };
+        let pos = i64::try_from(offset + done).map_err(|_| libc::EINVAL)?;
+        // SAFETY: `rest` is a live array of iovecs (IoVec is a transparent
+        // libc::iovec) whose buffers the caller guarantees valid.
+        let n = unsafe {
+            match kind {
+                Kind::Read => libc::preadv2(fd, rest.as_ptr().cast(), rest.len() as i32, pos, 0),
+                Kind::Write { fua } => libc::pwritev2(
+                    fd,
+                    rest.as_ptr().cast(),
+                    rest.len() as i32,
+                    pos,
+                    if fua { libc::RWF_DSYNC } else { 0 },
+                ),
+                Kind::Flush => 0,
+            }
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
+            if e == libc::EINTR || e == libc::EAGAIN {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(libc::EIO);
+        }
+        let mut n = n as u64;
+        done += n;
+        // Skip what was transferred.
+        while n > 0 {
+            let Some(v) = iov.get_mut(start) else { break };
+            let len = v.len() as u64;
+            if n >= len {
+                n -= len;
+                start += 1;
+            } else {
+                *v = IoVec::new(v.base().wrapping_add(n as usize), v.len() - n as usize);
+                n = 0;
+            }
+        }
+    }
+    Ok(done)
+}
+
 /// Copy `buf` out to the caller's iovecs (after a bounced read).
 ///
 /// # Safety
@@ -361,6 +428,9 @@ pub struct Engine {
     event_fd: OwnedFd,
     /// Built `R_DISABLED` and not yet enabled.
     needs_enable: bool,
+    /// Inline completions are in `st.ready` but the eventfd was not
+    /// written yet (done once per batch, in `submit`).
+    ready_unsignalled: bool,
     st: State,
 }
 
@@ -428,6 +498,7 @@ impl Engine {
             ring,
             event_fd,
             needs_enable,
+            ready_unsignalled: false,
             st: State {
                 slots: Vec::new(),
                 free: Vec::new(),
@@ -482,6 +553,13 @@ impl Engine {
         let total: u64 = iovecs.iter().map(|v| v.len() as u64).sum();
         if kind != Kind::Flush && total == 0 {
             self.complete_now(user_data, Ok(0));
+            return Ok(());
+        }
+        if backing.is_memory() {
+            // SAFETY: `push`'s contract: the iovecs are valid for this op.
+            let r = unsafe { copy_inline(backing.as_raw_fd(), kind, offset, &iovecs, total) };
+            self.st.ready.push(Completion { user_data, result: r });
+            self.ready_unsignalled = true;
             return Ok(());
         }
 
@@ -539,6 +617,9 @@ impl Engine {
     /// Hand queued ops to the kernel (does not wait).
     pub fn submit(&mut self) -> Result<(), BlockError> {
         self.enable()?;
+        if std::mem::take(&mut self.ready_unsignalled) {
+            self.signal_eventfd();
+        }
         loop {
             self.fill_sq();
             if self.ring.submission().is_empty() {
@@ -564,14 +645,30 @@ impl Engine {
         self.enable()?;
         self.clear_eventfd();
         out.append(&mut self.st.ready);
+        // A single-issuer ring posts completions only when its issuer enters
+        // the kernel; a plain ring posts them directly, so it needs a system
+        // call only to submit (resubmissions) or to flush an overflow.
+        let must_enter = self.ring.params().is_setup_single_issuer();
         loop {
             self.fill_sq();
-            self.enter(0)?;
+            if must_enter
+                || !self.ring.submission().is_empty()
+                || self.ring.submission().cq_overflow()
+            {
+                self.enter(0)?;
+            }
             let n = self.collect(out);
             if n == 0 && !self.ring.submission().cq_overflow() {
                 return Ok(());
             }
         }
+    }
+
+    /// True when [`Engine::reap`] would return something now (completions
+    /// posted, or ops finished without the kernel). Reads shared memory
+    /// only: no system call.
+    pub fn has_completions(&mut self) -> bool {
+        !self.st.ready.is_empty() || !self.ring.completion().is_empty()
     }
 
     /// Ops pushed but not yet returned by [`Engine::reap`].
@@ -604,6 +701,11 @@ impl Engine {
     /// worker through the eventfd so it reaps it.
     fn complete_now(&mut self, user_data: u64, result: Result<u64, i32>) {
         self.st.ready.push(Completion { user_data, result });
+        self.signal_eventfd();
+    }
+
+    /// Make the eventfd readable (completions are waiting in `ready`).
+    fn signal_eventfd(&self) {
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a live u64 to our own eventfd.
         let rc = unsafe {

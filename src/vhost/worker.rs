@@ -179,6 +179,11 @@ impl RequestWorker {
         if let Err(e) = self.engine.submit() {
             tracing::error!(queue = self.index, error = %e, "io_uring submit failed");
         }
+        // Page-cache hits complete during the submission itself: answer them
+        // now instead of sleeping until the completion eventfd wakes us.
+        if self.engine.has_completions() {
+            self.process_completions();
+        }
     }
 
     /// The io_uring eventfd fired: complete what finished.

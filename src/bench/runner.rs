@@ -34,22 +34,6 @@ const SAMPLES: usize = 5;
 /// `gens` value of a unit whose contents are unknown (a write failed).
 const UNKNOWN: u32 = u32::MAX;
 
-/// The LUN field exactly as Linux's virtio_scsi writes it
-/// (`virtio_scsi_init_hdr`): flat space addressing (0x40) for every LUN.
-/// Some backends (vhost-device-scsi) accept nothing else.
-pub fn linux_lun(target: u8, lun: u16) -> [u8; 8] {
-    [
-        1,
-        target,
-        0x40 | ((lun >> 8) as u8 & 0x3f),
-        lun as u8,
-        0,
-        0,
-        0,
-        0,
-    ]
-}
-
 fn fe_err(what: impl Into<String>) -> impl FnOnce(crate::frontend::Error) -> BenchError {
     let what = what.into();
     move |source| BenchError::Frontend { what, source }
@@ -259,7 +243,7 @@ pub fn run(args: &BenchArgs, progress: bool) -> Result<Report, BenchError> {
     let event_idx = fe
         .connection()
         .has_feature(crate::frontend::features::VIRTIO_RING_F_EVENT_IDX);
-    let lun = linux_lun(args.target, args.lun);
+    let lun = crate::virtio_scsi::encode_lun(args.target, args.lun);
     let result = drive(&fe, args, lun, indirect, ring, event_idx, progress);
     // Teardown: GET_VRING_BASE on every ring, also after a failed run.
     let down = fe.shutdown().map_err(fe_err("teardown (GET_VRING_BASE)"));
@@ -904,14 +888,5 @@ impl Queue<'_> {
             self.publish()?;
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn lun_like_linux() {
-        assert_eq!(super::linux_lun(0, 0), [1, 0, 0x40, 0, 0, 0, 0, 0]);
-        assert_eq!(super::linux_lun(3, 0x1234), [1, 3, 0x52, 0x34, 0, 0, 0, 0]);
     }
 }

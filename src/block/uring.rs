@@ -165,12 +165,20 @@ impl Drop for AlignedBuf {
 ///
 /// # Safety
 /// The iovecs must be valid for the op's direction.
-unsafe fn copy_inline(fd: RawFd, kind: Kind, offset: u64, iovecs: &[IoVec], total: u64) -> Result<u64, i32> {
+unsafe fn copy_inline(
+    fd: RawFd,
+    kind: Kind,
+    offset: u64,
+    iovecs: &[IoVec],
+    total: u64,
+) -> Result<u64, i32> {
     if kind == Kind::Flush {
         // SAFETY: fdatasync on a descriptor we hold; no memory involved.
         return match unsafe { libc::fdatasync(fd) } {
             0 => Ok(0),
-            _ => Err(io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)),
+            _ => Err(io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO)),
         };
     }
     let mut iov: IoVecs = iovecs.iter().copied().collect();
@@ -198,7 +206,9 @@ unsafe fn copy_inline(fd: RawFd, kind: Kind, offset: u64, iovecs: &[IoVec], tota
             }
         };
         if n < 0 {
-            let e = io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
+            let e = io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO);
             if e == libc::EINTR || e == libc::EAGAIN {
                 continue;
             }
@@ -558,7 +568,10 @@ impl Engine {
         if backing.is_memory() {
             // SAFETY: `push`'s contract: the iovecs are valid for this op.
             let r = unsafe { copy_inline(backing.as_raw_fd(), kind, offset, &iovecs, total) };
-            self.st.ready.push(Completion { user_data, result: r });
+            self.st.ready.push(Completion {
+                user_data,
+                result: r,
+            });
             self.ready_unsignalled = true;
             return Ok(());
         }

@@ -177,15 +177,21 @@ pub fn decode_lun(lun: &[u8; 8]) -> LunAddress {
     }
 }
 
-/// Encode target/LUN as Linux does (flat space addressing for LUN >= 256).
+/// Encode target/LUN exactly as Linux's virtio_scsi does
+/// (`virtio_scsi_init_hdr`): flat space addressing (0x40) for every LUN.
+/// Some backends (rust-vmm's vhost-device-scsi) accept nothing else.
 pub fn encode_lun(target: u8, lun: u16) -> [u8; 8] {
     let lun = lun & 0x3fff;
-    let hi = if lun < 256 {
-        0
-    } else {
-        0x40 | (lun >> 8) as u8
-    };
-    [1, target, hi, (lun & 0xff) as u8, 0, 0, 0, 0]
+    [
+        1,
+        target,
+        0x40 | (lun >> 8) as u8,
+        (lun & 0xff) as u8,
+        0,
+        0,
+        0,
+        0,
+    ]
 }
 
 #[cfg(test)]
@@ -216,6 +222,13 @@ mod tests {
         assert_eq!(
             decode_lun(&[1, 0, 0x80, 0, 0, 0, 0, 0]),
             LunAddress::Invalid
+        );
+        assert_eq!(encode_lun(3, 0x1234), [1, 3, 0x52, 0x34, 0, 0, 0, 0]);
+        assert_eq!(encode_lun(0, 0), [1, 0, 0x40, 0, 0, 0, 0, 0]);
+        // Peripheral addressing (byte 2 = 0) is accepted too.
+        assert_eq!(
+            decode_lun(&[1, 0, 0, 5, 0, 0, 0, 0]),
+            LunAddress::Lun { target: 0, lun: 5 }
         );
         assert_eq!(
             decode_lun(&[1, 2, 0xc1, 1, 0, 0, 0, 0]),

@@ -34,6 +34,11 @@ pub struct LogicalUnit {
     num_blocks: AtomicU64,
     /// Unit attentions and reservations.
     state: Mutex<LuState>,
+    /// Fast path: `nexus + 1` when that nexus was last seen with no unit
+    /// attention pending and no reservation or registration of any kind on
+    /// this LU, so that its commands need not take `state` at all; 0 when
+    /// unknown. Every lock of `state` clears it (any change may end it).
+    quiet: AtomicU64,
 }
 
 /// The mutable state of a logical unit that needs a lock.
@@ -43,6 +48,18 @@ pub struct LuState {
     pub pr: PrState,
     /// SPC-2 RESERVE(6)/(10) holder.
     pub legacy: Option<NexusId>,
+}
+
+impl LuState {
+    /// No unit attention pending for `nexus` (which has been seen), and no
+    /// reservation or registration at all: no command of `nexus` can get a
+    /// UNIT ATTENTION or RESERVATION CONFLICT until the state changes.
+    pub fn is_quiet_for(&self, nexus: NexusId) -> bool {
+        self.legacy.is_none()
+            && self.pr.reservation.is_none()
+            && self.pr.regs.is_empty()
+            && self.ua.is_empty_for(nexus)
+    }
 }
 
 impl LogicalUnit {
@@ -62,13 +79,30 @@ impl LogicalUnit {
                 pr,
                 ..LuState::default()
             }),
+            quiet: AtomicU64::new(0),
+        }
+    }
+
+    /// True when `nexus` may skip the unit-attention and reservation checks
+    /// (see `quiet`).
+    pub fn is_quiet(&self, nexus: NexusId) -> bool {
+        let q = self.quiet.load(Ordering::Acquire);
+        q != 0 && q == nexus.0.wrapping_add(1)
+    }
+
+    /// Called with `state` locked: mark `nexus` quiet if it is.
+    pub fn note_quiet(&self, st: &LuState, nexus: NexusId) {
+        if st.is_quiet_for(nexus) {
+            self.quiet.store(nexus.0.wrapping_add(1), Ordering::Release);
         }
     }
 
     /// The state, also when a panicking thread poisoned the lock (the state
     /// is updated all-or-nothing, so it is consistent).
     pub fn state(&self) -> MutexGuard<'_, LuState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        let guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.quiet.store(0, Ordering::Release);
+        guard
     }
 
     pub fn write_cache_enabled(&self) -> bool {

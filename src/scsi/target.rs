@@ -281,10 +281,12 @@ impl Target {
             }
             return self.run(found?, nexus, lun, None, cdb, data_out);
         };
-        if !exempt {
-            if let Some(ua) = unit.state().ua.take(nexus) {
+        if !exempt && !unit.is_quiet(nexus) {
+            let st = &mut *unit.state();
+            if let Some(ua) = st.ua.take(nexus) {
                 return Err(ua.sense());
             }
+            unit.note_quiet(st, nexus);
         }
         self.run(found?, nexus, lun, lu, cdb, data_out)
     }
@@ -300,7 +302,7 @@ impl Target {
     ) -> Result<Outcome, Sense> {
         let cdb = Cdb::new(cdb.get(..cmd.cdb_len()).ok_or(Sense::invalid_opcode())?);
         opcodes::check_cdb(cmd, &cdb)?;
-        if let Some(unit) = lu {
+        if let Some(unit) = lu.filter(|u| !u.is_quiet(nexus)) {
             if pr::conflicts(&unit.state(), nexus, cmd.pr_class) {
                 return Ok(Outcome::reservation_conflict());
             }

@@ -74,6 +74,11 @@ pub struct UaQueues {
 }
 
 impl UaQueues {
+    /// `nexus` has been seen and has nothing pending.
+    pub fn is_empty_for(&self, nexus: NexusId) -> bool {
+        self.queues.get(&nexus).is_some_and(Vec::is_empty)
+    }
+
     /// Registers `nexus` (POWER ON at first contact) and takes its highest
     /// precedence condition off the queue.
     pub fn take(&mut self, nexus: NexusId) -> Option<UnitAttention> {

@@ -82,3 +82,40 @@ fn resets_capacity_and_luns_changed() {
     t.lun_reset(77);
     assert_eq!(n1(&TUR), Outcome::good());
 }
+
+/// The lock-free fast path (a nexus with nothing pending skips the unit
+/// attention and reservation checks) never hides a new condition.
+#[test]
+fn quiet_fast_path_sees_every_change() {
+    let t = Target::new(vec![cfg(0)]).unwrap();
+    let e = |n, c: &[u8], d: &[u8]| exec_data(&t, n, 0, c, d);
+    let write10 = [0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+    let block = [0u8; 512];
+    ua(e(1, &TUR, &[]), 0x29, 0);
+    ua(e(2, &TUR, &[]), 0x29, 0);
+    // Both quiet now (each command re-checks the other's state).
+    assert_eq!(e(1, &TUR, &[]), Outcome::good());
+    assert_eq!(e(1, &TUR, &[]), Outcome::good());
+    // A LUN reset establishes a unit attention for a quiet nexus.
+    t.lun_reset(0);
+    ua(e(1, &TUR, &[]), 0x29, 0x03);
+    assert_eq!(e(1, &TUR, &[]), Outcome::good());
+    ua(e(2, &TUR, &[]), 0x29, 0x03);
+    assert_eq!(e(2, &TUR, &[]), Outcome::good());
+    // Nexus 2 registers and reserves WRITE EXCLUSIVE: quiet nexus 1's
+    // writes now conflict.
+    assert!(matches!(e(1, &write10, &block), Outcome::Io(_)));
+    let mut p = [0u8; 24];
+    p[8..16].copy_from_slice(&7u64.to_be_bytes());
+    let out = |sa: u8, ty: u8| [0x5f, sa, ty, 0, 0, 0, 0, 0, 24, 0];
+    assert_eq!(e(2, &out(0, 0), &p), Outcome::good());
+    let mut p2 = [0u8; 24];
+    p2[0..8].copy_from_slice(&7u64.to_be_bytes());
+    assert_eq!(e(2, &out(1, 1), &p2), Outcome::good());
+    assert_eq!(e(1, &write10, &block), Outcome::reservation_conflict());
+    assert!(matches!(e(2, &write10, &block), Outcome::Io(_)));
+    // A capacity change reaches a nexus that was quiet.
+    assert_eq!(e(2, &TUR, &[]), Outcome::good());
+    t.capacity_changed(0, BlockCount(4096));
+    ua(e(2, &TUR, &[]), 0x2a, 0x09);
+}

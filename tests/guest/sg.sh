@@ -14,37 +14,7 @@
 # shellcheck source=lib.sh
 [ -n "${GUEST_ALL:-}" ] || . /guest/lib.sh
 
-# sense_of OUTPUT-OF-sg_raw-v: prints "KEY ASC ASCQ" (hex, lower case) or nothing.
-sense_of() {
-    echo "$1" | awk '
-        /Raw sense data/ { on = 1; next }
-        on && /^[ \t]+([0-9a-f][0-9a-f] ?)+/ { for (i = 1; i <= NF; i++) if ($i ~ /^[0-9a-f][0-9a-f]$/) b[n++] = $i; next }
-        on { on = 0 }
-        END {
-            if (n < 4) exit
-            rc = b[0]
-            if (rc == "70" || rc == "71") { if (n >= 14) print substr(b[2], 2, 1), b[12], b[13] }
-            else if (rc == "72" || rc == "73") print substr(b[1], 2, 1), b[2], b[3]
-        }'
-}
-
-# expect_sense NAME "KEY ASC" sg_raw-args...
-expect_sense() {
-    _name=$1
-    _want=$2
-    shift 2
-    _out=$(sg_raw -v "$@" 2>&1)
-    _rc=$?
-    _s=$(sense_of "$_out")
-    case "$_s" in
-        "$_want "*) pass "$_name (sense $_s)" ;;
-        *) fail "$_name" "sg_raw exited $_rc, sense key/asc/ascq '${_s:-none}', expected '$_want xx'; $(echo "$_out" | grep -iE 'status|sense' | head -n 4 | tr '\n' ' ')" ;;
-    esac
-}
-
-# be32 N / be64 N: N as space separated big-endian hex bytes.
-be32() { printf '%02x %02x %02x %02x' $(($1 >> 24 & 255)) $(($1 >> 16 & 255)) $(($1 >> 8 & 255)) $(($1 & 255)); }
-be64() { echo "$(be32 $(($1 >> 32))) $(be32 $(($1 & 4294967295)))"; }
+# sense_of, expect_sense, be32 and be64 come from lib.sh.
 
 test_sg() {
     for _l in $LUNS; do

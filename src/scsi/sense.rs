@@ -14,6 +14,19 @@ const DESCRIPTOR_CURRENT: u8 = 0x72;
 pub const FIXED_LEN: usize = 18;
 
 impl Sense {
+    /// ILLEGAL REQUEST with `asc`/00h and a sense-key-specific field
+    /// pointer (SPC-5 4.4.2.4.2) into the CDB (`in_cdb`) or the parameter
+    /// list.
+    const fn illegal_at(asc: u8, in_cdb: bool, byte: u16, bit: Option<u8>) -> Sense {
+        Sense {
+            key: SenseKey::IllegalRequest,
+            asc,
+            ascq: 0x00,
+            info: None,
+            field_pointer: Some(FieldPointer { in_cdb, byte, bit }),
+        }
+    }
+
     /// A sense with neither INFORMATION nor a field pointer.
     pub const fn new(key: SenseKey, asc: u8, ascq: u8) -> Sense {
         Sense {
@@ -39,17 +52,7 @@ impl Sense {
     /// to `byte` (and `bit`: the left-most bit of the field in error, or None
     /// when the whole byte or a multi-byte field is meant; SPC-5 4.4.2.4.2).
     pub const fn invalid_field_in_cdb(byte: u16, bit: Option<u8>) -> Sense {
-        Sense {
-            key: SenseKey::IllegalRequest,
-            asc: 0x24,
-            ascq: 0x00,
-            info: None,
-            field_pointer: Some(FieldPointer {
-                in_cdb: true,
-                byte,
-                bit,
-            }),
-        }
+        Sense::illegal_at(0x24, true, byte, bit)
     }
 
     /// ILLEGAL REQUEST, 21h/00h LOGICAL BLOCK ADDRESS OUT OF RANGE.
@@ -65,17 +68,7 @@ impl Sense {
     /// ILLEGAL REQUEST, 39h/00h SAVING PARAMETERS NOT SUPPORTED, pointing
     /// at the field that asked for saved values (e.g. MODE SENSE PC).
     pub const fn saving_params_not_supported(byte: u16, bit: Option<u8>) -> Sense {
-        Sense {
-            key: SenseKey::IllegalRequest,
-            asc: 0x39,
-            ascq: 0x00,
-            info: None,
-            field_pointer: Some(FieldPointer {
-                in_cdb: true,
-                byte,
-                bit,
-            }),
-        }
+        Sense::illegal_at(0x39, true, byte, bit)
     }
 
     /// DATA PROTECT, 27h/00h WRITE PROTECTED.
@@ -112,17 +105,7 @@ impl Sense {
     /// ILLEGAL REQUEST, 26h/00h INVALID FIELD IN PARAMETER LIST, with a
     /// field pointer (C/D=0) to `byte` of the parameter list and `bit`.
     pub const fn invalid_field_in_param(byte: u16, bit: Option<u8>) -> Sense {
-        Sense {
-            key: SenseKey::IllegalRequest,
-            asc: 0x26,
-            ascq: 0x00,
-            info: None,
-            field_pointer: Some(FieldPointer {
-                in_cdb: false,
-                byte,
-                bit,
-            }),
-        }
+        Sense::illegal_at(0x26, false, byte, bit)
     }
 
     /// ILLEGAL REQUEST, 1Ah/00h PARAMETER LIST LENGTH ERROR: the parameter

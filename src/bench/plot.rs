@@ -282,106 +282,92 @@ fn verdict(ok: Option<bool>) -> &'static str {
 /// The speed targets, evaluated on the (merged) rows.
 pub fn targets(rows: &[Row]) -> String {
     let mut s = String::from("| target | measured | result |\n|---|---|---|\n");
-    let mut line = |t: &str, m: String, ok: Option<bool>| {
-        s.push_str(&format!("| {t} | {m} | {} |\n", verdict(ok)));
+    // One table line: what was measured and whether it meets the target,
+    // or "-" when the rows it needs are missing.
+    let mut line = |t: &str, m: Option<(String, bool)>| {
+        let (measured, ok) = match m {
+            Some((text, ok)) => (text, Some(ok)),
+            None => ("-".to_string(), None),
+        };
+        s.push_str(&format!("| {t} | {measured} | {} |\n", verdict(ok)));
     };
     let rr = |e: &str, media: &str, q: u16, qd: u16| find(rows, e, media, "randread", 4096, q, qd);
     // 1. CPU per I/O on tmpfs, randread 4k QD32 1 queue.
-    let (o, f, p) = (
-        rr("ours", "tmpfs", 1, 32),
-        rr("fio", "tmpfs", 1, 32),
-        rr("peer", "tmpfs", 1, 32),
-    );
-    let cpu = |r: Option<&Row>| r.and_then(|r| r.cpu_us_per_io);
-    match (cpu(o), cpu(f)) {
-        (Some(a), Some(b)) => line(
-            "tmpfs 4k randread QD32 1q: our CPU/IO <= 1.2x fio's",
-            format!("{a:.2} vs {b:.2} us/IO = {:.2}x", a / b),
-            Some(a <= 1.2 * b),
-        ),
-        _ => line(
-            "tmpfs 4k randread QD32 1q: our CPU/IO <= 1.2x fio's",
-            "-".into(),
-            None,
-        ),
-    }
-    match (cpu(o), cpu(p)) {
-        (Some(a), Some(b)) => line(
-            "tmpfs 4k randread QD32 1q: our CPU/IO <= 0.7x vhost-device-scsi's",
-            format!("{a:.2} vs {b:.2} us/IO = {:.2}x", a / b),
-            Some(a <= 0.7 * b),
-        ),
-        _ => line(
-            "tmpfs 4k randread QD32 1q: our CPU/IO <= 0.7x vhost-device-scsi's",
-            "no peer row".into(),
-            None,
-        ),
+    let cpu = |e: &str| rr(e, "tmpfs", 1, 32).and_then(|r| r.cpu_us_per_io);
+    for (other, name, limit) in [("fio", "fio's", 1.2), ("peer", "vhost-device-scsi's", 0.7)] {
+        line(
+            &format!("tmpfs 4k randread QD32 1q: our CPU/IO <= {limit}x {name}"),
+            cpu("ours").zip(cpu(other)).map(|(a, b)| {
+                (
+                    format!("{a:.2} vs {b:.2} us/IO = {:.2}x", a / b),
+                    a <= limit * b,
+                )
+            }),
+        );
     }
     // 2. Real disk.
-    match (rr("ours", "disk", 1, 32), rr("fio", "disk", 1, 32)) {
-        (Some(a), Some(b)) => line(
-            "disk 4k randread QD32: IOPS >= 0.9x fio",
-            format!("{:.0} vs {:.0} = {:.2}x", a.iops, b.iops, a.iops / b.iops),
-            Some(a.iops >= 0.9 * b.iops),
-        ),
-        _ => line("disk 4k randread QD32: IOPS >= 0.9x fio", "-".into(), None),
-    }
-    match (rr("ours", "disk", 1, 1), rr("fio", "disk", 1, 1)) {
-        (Some(a), Some(b)) => line(
-            "disk 4k randread QD1: p50 <= fio p50 + 10 us",
-            format!(
-                "{:.1} vs {:.1} us (+{:.1})",
-                a.p50_us,
-                b.p50_us,
-                a.p50_us - b.p50_us
-            ),
-            Some(a.p50_us <= b.p50_us + 10.0),
-        ),
-        _ => line(
-            "disk 4k randread QD1: p50 <= fio p50 + 10 us",
-            "-".into(),
-            None,
-        ),
-    }
+    line(
+        "disk 4k randread QD32: IOPS >= 0.9x fio",
+        rr("ours", "disk", 1, 32)
+            .zip(rr("fio", "disk", 1, 32))
+            .map(|(a, b)| {
+                (
+                    format!("{:.0} vs {:.0} = {:.2}x", a.iops, b.iops, a.iops / b.iops),
+                    a.iops >= 0.9 * b.iops,
+                )
+            }),
+    );
+    line(
+        "disk 4k randread QD1: p50 <= fio p50 + 10 us",
+        rr("ours", "disk", 1, 1)
+            .zip(rr("fio", "disk", 1, 1))
+            .map(|(a, b)| {
+                (
+                    format!(
+                        "{:.1} vs {:.1} us (+{:.1})",
+                        a.p50_us,
+                        b.p50_us,
+                        a.p50_us - b.p50_us
+                    ),
+                    a.p50_us <= b.p50_us + 10.0,
+                )
+            }),
+    );
     for rw in ["read", "write"] {
-        let t = format!("disk 128k seq {rw} QD8: MB/s >= 0.9x fio");
-        match (
-            find(rows, "ours", "disk", rw, 131072, 1, 8),
-            find(rows, "fio", "disk", rw, 131072, 1, 8),
-        ) {
-            (Some(a), Some(b)) => line(
-                &t,
-                format!(
-                    "{:.0} vs {:.0} MB/s = {:.2}x",
-                    a.mb_per_s,
-                    b.mb_per_s,
-                    a.mb_per_s / b.mb_per_s
-                ),
-                Some(a.mb_per_s >= 0.9 * b.mb_per_s),
-            ),
-            _ => line(&t, "-".into(), None),
-        }
+        let seq = |e: &str| find(rows, e, "disk", rw, 131072, 1, 8);
+        line(
+            &format!("disk 128k seq {rw} QD8: MB/s >= 0.9x fio"),
+            seq("ours").zip(seq("fio")).map(|(a, b)| {
+                (
+                    format!(
+                        "{:.0} vs {:.0} MB/s = {:.2}x",
+                        a.mb_per_s,
+                        b.mb_per_s,
+                        a.mb_per_s / b.mb_per_s
+                    ),
+                    a.mb_per_s >= 0.9 * b.mb_per_s,
+                )
+            }),
+        );
     }
     // 3. Scaling.
     for media in ["tmpfs", "disk"] {
         for rw in ["randread", "randwrite"] {
-            let t = format!("{media} 4k {rw}: 2 queues > 1 queue at QD32 per queue");
-            match (
-                find(rows, "ours", media, rw, 4096, 1, 32),
-                find(rows, "ours", media, rw, 4096, 2, 32),
-            ) {
-                (Some(a), Some(b)) => line(
-                    &t,
-                    format!(
-                        "{:.0} -> {:.0} IOPS ({:.2}x)",
-                        a.iops,
-                        b.iops,
-                        b.iops / a.iops
-                    ),
-                    Some(b.iops > a.iops),
-                ),
-                _ => line(&t, "-".into(), None),
-            }
+            let q = |n: u16| find(rows, "ours", media, rw, 4096, n, 32);
+            line(
+                &format!("{media} 4k {rw}: 2 queues > 1 queue at QD32 per queue"),
+                q(1).zip(q(2)).map(|(a, b)| {
+                    (
+                        format!(
+                            "{:.0} -> {:.0} IOPS ({:.2}x)",
+                            a.iops,
+                            b.iops,
+                            b.iops / a.iops
+                        ),
+                        b.iops > a.iops,
+                    )
+                }),
+            );
         }
     }
     // 4. Idle cost and memory.
@@ -389,8 +375,7 @@ pub fn targets(rows: &[Row]) -> String {
     line(
         "idle connected guest (4 queues): < 1% of a core",
         idle.and_then(|r| r.backend_cpu_pct)
-            .map_or_else(|| "-".into(), |p| format!("{p:.3}% of a core")),
-        idle.and_then(|r| r.backend_cpu_pct).map(|p| p < 1.0),
+            .map(|p| (format!("{p:.3}% of a core"), p < 1.0)),
     );
     let dirty = rows
         .iter()
@@ -399,11 +384,12 @@ pub fn targets(rows: &[Row]) -> String {
         .max();
     line(
         "daemon Private_Dirty with 4 queues of 256 entries: < 64 MiB",
-        dirty.map_or_else(
-            || "-".into(),
-            |k| format!("{:.1} MiB (max over the 4-queue runs)", k as f64 / 1024.0),
-        ),
-        dirty.map(|k| k < 64 * 1024),
+        dirty.map(|k| {
+            (
+                format!("{:.1} MiB (max over the 4-queue runs)", k as f64 / 1024.0),
+                k < 64 * 1024,
+            )
+        }),
     );
     s
 }

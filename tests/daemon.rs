@@ -546,3 +546,92 @@ fn frontend_without_event_idx_and_with_qemu_feature_quirk() {
     }
     fe.shutdown().unwrap();
 }
+
+#[test]
+fn sigterm_with_a_connected_frontend_drains_and_exits_0() {
+    let mut d = Daemon::start(two_disks, &["--num-queues", "2"]);
+    let fe = d.connect(2);
+    let data = pattern(77, 1, 4096);
+    let r = fe
+        .command(0, 0, &cdb::write10(77, 8, false), DataDir::ToDevice(&data))
+        .unwrap();
+    assert_eq!(r.status, GOOD);
+    // Requests in flight while the signal arrives: each is completed (or
+    // the frontend is disconnected), and the daemon exits cleanly.
+    let mut tags = Vec::new();
+    for i in 0..32u32 {
+        tags.push(
+            fe.submit(
+                (i % 2) as usize,
+                &ScsiRequest::new(0, &cdb::read10(i * 8, 8, false), DataDir::FromDevice(4096)),
+            )
+            .unwrap(),
+        );
+    }
+    assert_eq!(d.stop(), Some(0), "exit code");
+    assert!(!d.socket.exists(), "socket removed");
+    // Acknowledged data is in the file after the daemon is gone.
+    let mut on_disk = vec![0u8; 4096];
+    fs::File::open(d.path("a.img"))
+        .unwrap()
+        .read_exact_at(&mut on_disk, 77 * 512)
+        .unwrap();
+    assert_eq!(on_disk, data);
+    drop(fe);
+}
+
+#[test]
+fn acknowledged_writes_survive_a_daemon_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path(), "crash.img", 4 * MIB);
+    let spec = img.display().to_string();
+    let start = || {
+        let spec = spec.clone();
+        Daemon::start(move |_| vec![spec], &["--num-queues", "1"])
+    };
+    let fua_data = pattern(5, 5, 4096);
+    let synced_data = pattern(40, 6, 4096);
+    {
+        let mut d = start();
+        let fe = d.connect(1);
+        // FUA write, and a plain write followed by SYNCHRONIZE CACHE.
+        let r = fe
+            .command(
+                0,
+                0,
+                &cdb::write10(5, 8, true),
+                DataDir::ToDevice(&fua_data),
+            )
+            .unwrap();
+        assert_eq!(r.status, GOOD);
+        let r = fe
+            .command(
+                0,
+                0,
+                &cdb::write10(40, 8, false),
+                DataDir::ToDevice(&synced_data),
+            )
+            .unwrap();
+        assert_eq!(r.status, GOOD);
+        let r = fe
+            .command(0, 0, &cdb::sync_cache10(0, 0), DataDir::None)
+            .unwrap();
+        assert_eq!(r.status, GOOD);
+        // Crash: SIGKILL, no shutdown path at all.
+        let mut child = d.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        drop(fe);
+    }
+    let d = start();
+    let fe = d.connect(1);
+    let r = fe
+        .command(0, 0, &cdb::read10(5, 8, false), DataDir::FromDevice(4096))
+        .unwrap();
+    assert_eq!(r.data_in(), &fua_data[..]);
+    let r = fe
+        .command(0, 0, &cdb::read10(40, 8, false), DataDir::FromDevice(4096))
+        .unwrap();
+    assert_eq!(r.data_in(), &synced_data[..]);
+    fe.shutdown().unwrap();
+}

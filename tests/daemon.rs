@@ -635,3 +635,52 @@ fn acknowledged_writes_survive_a_daemon_crash() {
     assert_eq!(r.data_in(), &synced_data[..]);
     fe.shutdown().unwrap();
 }
+
+#[test]
+fn a_grown_image_is_seen_after_a_lun_reset() {
+    let d = Daemon::start(two_disks, &[]);
+    let fe = d.connect(1);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(d.path("a.img"))
+        .unwrap()
+        .set_len(32 * MIB)
+        .unwrap();
+    assert_eq!(
+        fe.tmf(0, T_TMF_LOGICAL_UNIT_RESET, 0).unwrap(),
+        S_FUNCTION_COMPLETE
+    );
+    // The reset's unit attention, then CAPACITY DATA HAS CHANGED.
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let r = fe
+            .command(0, 0, &cdb::test_unit_ready(), DataDir::None)
+            .unwrap();
+        match r.sense_key() {
+            Some(k) => seen.push(k),
+            None => break,
+        }
+    }
+    assert!(seen.contains(&(6, 0x2a, 0x09)), "{seen:?}");
+    let r = fe
+        .command(0, 0, &cdb::read_capacity16(32), DataDir::FromDevice(32))
+        .unwrap();
+    let data = r.data_in();
+    assert_eq!(
+        u64::from_be_bytes(data[0..8].try_into().unwrap()),
+        32 * MIB / 512 - 1
+    );
+    // The new blocks are usable.
+    let last = (32 * MIB / 512 - 1) as u32;
+    let block = pattern(u64::from(last), 1, 512);
+    let r = fe
+        .command(
+            0,
+            0,
+            &cdb::write10(last, 1, false),
+            DataDir::ToDevice(&block),
+        )
+        .unwrap();
+    assert_eq!(r.status, GOOD);
+    fe.shutdown().unwrap();
+}

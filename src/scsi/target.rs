@@ -223,6 +223,11 @@ impl Target {
         }
     }
 
+    /// Current capacity of `lun` in logical blocks, if it exists.
+    pub fn capacity(&self, lun: u16) -> Option<BlockCount> {
+        self.logical_unit(lun).map(LogicalUnit::capacity)
+    }
+
     /// The LUN inventory changed: every nexus of every unit gets REPORTED
     /// LUNS DATA HAS CHANGED (3Fh/0Eh, SPC-5 6.29).
     pub fn luns_changed(&self) {

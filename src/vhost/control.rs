@@ -136,6 +136,7 @@ impl ControlQueue {
                 // SAM-5: reset the logical unit's state; unit attention to
                 // every I_T nexus.
                 self.device.target.lun_reset(lun);
+                self.recheck_capacity(lun);
                 S_FUNCTION_COMPLETE
             }
             T_TMF_I_T_NEXUS_RESET => {
@@ -159,6 +160,29 @@ impl ControlQueue {
             }
             // CLEAR ACA (we never establish an ACA) and unknown functions.
             _ => S_FUNCTION_REJECTED,
+        }
+    }
+}
+
+impl ControlQueue {
+    /// Re-read the backing's size (a grown image file or a resized device):
+    /// a new whole number of blocks becomes the LUN's capacity with a
+    /// CAPACITY DATA HAS CHANGED unit attention. Shrinking below what the
+    /// guest may still address is not followed (data would vanish).
+    fn recheck_capacity(&self, lun: u16) {
+        let (Some(lb), Some(current)) = (self.device.lun(lun), self.device.target.capacity(lun))
+        else {
+            return;
+        };
+        match lb.backing.refresh_size() {
+            Ok(size) => {
+                let blocks = size.to_blocks(lb.block_size);
+                if blocks > current {
+                    tracing::info!(lun, old = current.0, new = blocks.0, "capacity grew");
+                    self.device.target.capacity_changed(lun, blocks);
+                }
+            }
+            Err(e) => tracing::warn!(lun, error = %e, "cannot re-read the backing's size"),
         }
     }
 }

@@ -108,7 +108,17 @@ pub struct Command {
     pub any_lun: bool,
     /// Behaviour under reservations.
     pub pr_class: PrClass,
+    /// Whether the command exists on a given logical unit (UNMAP only where
+    /// the backing can deallocate). A command that is not available is an
+    /// INVALID COMMAND OPERATION CODE there and is not reported by REPORT
+    /// SUPPORTED OPERATION CODES.
+    pub available: fn(Option<&LogicalUnit>) -> bool,
     pub handler: Handler,
+}
+
+/// `available` of commands every logical unit has.
+fn always(_: Option<&LogicalUnit>) -> bool {
+    true
 }
 
 impl Command {
@@ -125,6 +135,9 @@ const NACA: u8 = 0x04;
 
 macro_rules! cmd {
     ($op:expr, $sa:expr, $name:expr, $any:expr, $class:ident, $h:path, [$($u:expr),* $(,)?]) => {
+        cmd!($op, $sa, $name, $any, $class, $h, [$($u),*], always)
+    };
+    ($op:expr, $sa:expr, $name:expr, $any:expr, $class:ident, $h:path, [$($u:expr),* $(,)?], $avail:path) => {
         Command {
             opcode: $op,
             service_action: $sa,
@@ -132,6 +145,7 @@ macro_rules! cmd {
             usage: &[$op, $($u),*],
             any_lun: $any,
             pr_class: PrClass::$class,
+            available: $avail,
             handler: $h,
         }
     };
@@ -207,7 +221,7 @@ pub static COMMANDS: &[Command] = &[
     cmd!(0x41, None, "WRITE SAME(10)", false, Write, write_same::write_same10,
         [0xfe, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, CTL]),
     cmd!(0x42, None, "UNMAP", false, Write, unmap::unmap,
-        [0x01, 0, 0, 0, 0, 0x1f, 0xff, 0xff, CTL]),
+        [0x01, 0, 0, 0, 0, 0x1f, 0xff, 0xff, CTL], unmap::available),
     cmd!(0x55, None, "MODE SELECT(10)", false, Write, mode_select::mode_select10,
         [0x11, 0, 0, 0, 0, 0, 0xff, 0xff, CTL]),
     cmd!(0x56, None, "RESERVE(10)", false, Legacy, pr::reserve,

@@ -36,22 +36,18 @@ pub fn rsoc(ctx: &Ctx<'_>) -> Result<Outcome, Sense> {
     let op = ctx.cdb.u8(3)?;
     let sa = ctx.cdb.be16(4)?;
     let alloc = ctx.cdb.be32(6)?;
-    let has_sa = COMMANDS
-        .iter()
-        .any(|c| c.opcode == op && c.service_action.is_some());
-    let exists = COMMANDS.iter().any(|c| c.opcode == op);
-    let find_sa = || {
-        COMMANDS
-            .iter()
-            .find(|c| c.opcode == op && c.service_action.map(u16::from) == Some(sa))
-    };
+    // The commands this logical unit has.
+    let here = || COMMANDS.iter().filter(|c| (c.available)(ctx.lu));
+    let has_sa = here().any(|c| c.opcode == op && c.service_action.is_some());
+    let exists = here().any(|c| c.opcode == op);
+    let find_sa = || here().find(|c| c.opcode == op && c.service_action.map(u16::from) == Some(sa));
     let data = match option {
-        0b000 => all_commands(rctd),
+        0b000 => all_commands(here(), rctd),
         0b001 => {
             if has_sa {
                 return Err(Sense::invalid_field_in_cdb(3, None));
             }
-            one_command(COMMANDS.iter().find(|c| c.opcode == op), rctd)
+            one_command(here().find(|c| c.opcode == op), rctd)
         }
         0b010 => {
             if exists && !has_sa {
@@ -63,7 +59,7 @@ pub fn rsoc(ctx: &Ctx<'_>) -> Result<Outcome, Sense> {
             if has_sa {
                 one_command(find_sa(), rctd)
             } else {
-                one_command(COMMANDS.iter().find(|c| c.opcode == op), rctd)
+                one_command(here().find(|c| c.opcode == op), rctd)
             }
         }
         _ => return Err(Sense::invalid_field_in_cdb(2, Some(2))),
@@ -74,9 +70,9 @@ pub fn rsoc(ctx: &Ctx<'_>) -> Result<Outcome, Sense> {
 /// all_commands parameter data (SPC-5 6.35.2): COMMAND DATA LENGTH, then a
 /// command descriptor per entry (with a command timeouts descriptor when
 /// RCTD is set).
-fn all_commands(rctd: bool) -> Vec<u8> {
+fn all_commands<'a>(commands: impl Iterator<Item = &'a Command>, rctd: bool) -> Vec<u8> {
     let mut d = vec![0u8; 4];
-    for c in COMMANDS {
+    for c in commands {
         let [sa_hi, sa_lo] = u16::from(c.service_action.unwrap_or(0)).to_be_bytes();
         let mut flags = 0;
         if c.service_action.is_some() {

@@ -305,6 +305,9 @@ impl Target {
         cdb: &[u8],
         data_out: &mut dyn Read,
     ) -> Result<Outcome, Sense> {
+        if lu.is_some() && !(cmd.available)(lu) {
+            return Err(Sense::invalid_opcode());
+        }
         let cdb = Cdb::new(cdb.get(..cmd.cdb_len()).ok_or(Sense::invalid_opcode())?);
         opcodes::check_cdb(cmd, &cdb)?;
         if let Some(unit) = lu.filter(|u| !u.is_quiet(nexus)) {

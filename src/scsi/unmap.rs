@@ -1,5 +1,6 @@
 //! UNMAP (SBC-4 5.31).
 
+use super::lun::LogicalUnit;
 use super::opcodes::Ctx;
 use super::param::{bad_param, ParamList};
 use super::{ByteRange, Outcome, Sense};
@@ -32,11 +33,15 @@ const DESCRIPTOR: usize = 16;
 ///
 /// Nothing is unmapped unless every descriptor passes; no descriptor left
 /// completes GOOD at once.
+/// UNMAP exists only on logical units that can deallocate (SBC-4: with
+/// LBPU=0 the device server terminates UNMAP with INVALID COMMAND OPERATION
+/// CODE, and so it is not reported as supported either).
+pub fn available(lu: Option<&LogicalUnit>) -> bool {
+    lu.is_some_and(|u| u.cfg.unmap)
+}
+
 pub fn unmap(ctx: &Ctx<'_>) -> Result<Outcome, Sense> {
     let lu = ctx.lu()?;
-    if !lu.cfg.unmap {
-        return Err(Sense::invalid_opcode());
-    }
     if ctx.cdb.bit(1, 0)? {
         return Err(Sense::invalid_field_in_cdb(1, Some(0)));
     }

@@ -94,3 +94,33 @@ fn task_management_functions() {
     let c = cdb(12, &[0xa3, 0x0d, 0, 0, 0, 0, 0, 0, 0, 2]);
     assert_eq!(good(exec(&t, 0, &c)), vec![0xdc, 0x03]);
 }
+
+/// A LUN that cannot deallocate has no UNMAP: not reported, and refused as
+/// an unknown opcode. LUN 0 of `target()` is thin, LUN 300 is not.
+#[test]
+fn unmap_is_reported_only_where_it_exists() {
+    let t = target();
+    let listed = |lun: u16| {
+        let d = good(exec(&t, lun, &rsoc(0, 0, 0, 65535)));
+        d[4..].chunks(8).any(|e| e[0] == 0x42)
+    };
+    assert!(listed(0));
+    assert!(!listed(300));
+    let support = |lun: u16| good(exec(&t, lun, &rsoc(1, 0x42, 0, 64)))[1] & 0x07;
+    assert_eq!(support(0), 0b011);
+    assert_eq!(support(300), 0b001);
+    let params = [0u8; 24];
+    assert_sense(
+        check(exec_data(
+            &t,
+            0,
+            300,
+            &[0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0],
+            &params,
+        )),
+        SenseKey::IllegalRequest,
+        0x20,
+        0,
+        [0; 3],
+    );
+}

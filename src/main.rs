@@ -46,6 +46,7 @@ fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.command {
         Command::Serve(args) => run_serve(&args),
@@ -105,10 +106,16 @@ fn run_serve(args: &ServeArgs) -> anyhow::Result<()> {
         std::thread::Builder::new()
             .name("signals".into())
             .spawn(move || {
-                if let Ok(sig) = signals.wait() {
-                    tracing::info!(signal = %sig, "stopping");
-                    shutdown.trigger();
-                }
+                // Wait until a signal really arrives (retry errors), and
+                // stop before logging: a log write must never stand
+                // between SIGTERM and the shutdown.
+                let sig = loop {
+                    if let Ok(sig) = signals.wait() {
+                        break sig;
+                    }
+                };
+                shutdown.trigger();
+                tracing::info!(signal = %sig, "stopping");
             })
             .context("cannot start the signal thread")?;
     }

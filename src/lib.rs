@@ -14,6 +14,8 @@ pub mod bench;
 pub mod block;
 pub mod cli;
 pub mod frontend;
+pub mod mgmt;
+pub mod rpc;
 pub mod scsi;
 pub mod units;
 pub mod vhost;

@@ -15,7 +15,6 @@ pub mod block;
 pub mod cli;
 pub mod frontend;
 pub mod mgmt;
-pub mod rpc;
 pub mod scsi;
 pub mod units;
 pub mod vhost;

@@ -9,9 +9,9 @@ use clap::Parser;
 use nix::sys::signal::{SigSet, Signal};
 use tracing_subscriber::EnvFilter;
 
-use vhost_user_scsi::cli::{build_device, Cli, Command, ServeArgs};
-use vhost_user_scsi::scsi::{fnv1a64, NexusId};
-use vhost_user_scsi::vhost::{bind, serve, ServerConfig, ShutdownSignal};
+use vhost_user_scsi::cli::{Cli, Command, ServeArgs};
+use vhost_user_scsi::mgmt::Manager;
+use vhost_user_scsi::scsi::{DirPrStore, PrStore};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -78,18 +78,6 @@ fn one_line(e: &anyhow::Error) -> String {
     out
 }
 
-/// The I_T nexus of the controller on `socket`: stable across restarts, so
-/// persisted reservations find their initiator again.
-fn nexus_of(socket: &std::path::Path) -> NexusId {
-    let dir = socket
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .and_then(|p| std::fs::canonicalize(p).ok())
-        .unwrap_or_default();
-    let name = dir.join(socket.file_name().unwrap_or_default());
-    NexusId(fnv1a64(name.as_os_str().as_encoded_bytes()))
-}
-
 fn run_serve(args: &ServeArgs) -> anyhow::Result<()> {
     // Block SIGINT/SIGTERM before any thread starts so that every thread
     // inherits the mask and only the signal thread receives them.
@@ -98,11 +86,36 @@ fn run_serve(args: &ServeArgs) -> anyhow::Result<()> {
     signals.add(Signal::SIGTERM);
     signals.thread_block().context("cannot block signals")?;
 
-    let device = Arc::new(build_device(args)?);
-    let listener = bind(&args.socket)?;
-    let shutdown = ShutdownSignal::new().context("cannot create the shutdown eventfd")?;
+    // Everything is checked, and every disk opened, before anything
+    // listens.
+    let mut list = Vec::new();
+    if let Some(shorthand) = args.shorthand()? {
+        if shorthand.1.is_empty() && args.rpc_socket.is_none() {
+            anyhow::bail!("--socket needs at least one --disk (or --rpc-socket to add LUNs later)");
+        }
+        list.push(shorthand);
+    }
+    if list.is_empty() && args.rpc_socket.is_none() {
+        anyhow::bail!(
+            "nothing to serve: give --socket with --disk, --config, or --rpc-socket (see --help)"
+        );
+    }
+    let pr_store: Option<Arc<dyn PrStore>> = match &args.pr_state {
+        Some(dir) => Some(Arc::new(
+            DirPrStore::new(dir).with_context(|| format!("--pr-state {}", dir.display()))?,
+        )),
+        None => None,
+    };
+    let manager = Manager::new(pr_store);
+    let batch = manager
+        .prepare_all(&list)
+        .map_err(|e| anyhow::anyhow!(e.message))?;
+
+    manager
+        .start_all(batch)
+        .map_err(|e| anyhow::anyhow!(e.message))?;
     {
-        let shutdown = shutdown.clone();
+        let manager = manager.clone();
         std::thread::Builder::new()
             .name("signals".into())
             .spawn(move || {
@@ -114,17 +127,13 @@ fn run_serve(args: &ServeArgs) -> anyhow::Result<()> {
                         break sig;
                     }
                 };
-                shutdown.trigger();
+                manager.request_stop();
                 tracing::info!(signal = %sig, "stopping");
             })
             .context("cannot start the signal thread")?;
     }
-    let config = ServerConfig {
-        socket: args.socket.clone(),
-        nexus: nexus_of(&args.socket),
-        request_queues: usize::from(args.num_queues),
-        queue_size: usize::from(args.queue_size),
-    };
-    serve(device, &config, listener, &shutdown)?;
+    manager.wait_for_stop();
+    manager.shutdown_all();
+    tracing::info!("shut down");
     Ok(())
 }

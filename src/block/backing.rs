@@ -288,6 +288,35 @@ impl Backing {
         self.size.store(bytes, Ordering::Relaxed);
         Ok(ByteCount(bytes))
     }
+    /// Grow a regular file to `size` bytes (the new blocks read as zeros)
+    /// and return the new size. Never shrinks: a smaller `size`, a block
+    /// device or a read-only backing is an error.
+    pub fn grow_to(&self, size: ByteCount) -> io::Result<ByteCount> {
+        if self.kind != BackingKind::File {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "a block device cannot be resized here; resize it and re-read its size",
+            ));
+        }
+        if self.readonly {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "the backing is read-only",
+            ));
+        }
+        let current = self.refresh_size()?;
+        if size.0 < current.0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{} bytes is smaller than the current {} bytes; shrinking would discard data",
+                    size.0, current.0
+                ),
+            ));
+        }
+        self.file.set_len(size.0)?;
+        self.refresh_size()
+    }
     /// BLKSSZGET for devices, 512 for files.
     pub fn logical_block_size(&self) -> u32 {
         self.logical_block_size

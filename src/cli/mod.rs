@@ -4,14 +4,14 @@
 //! error here is a one-line message for the user (the binary exits 1).
 
 mod disk_spec;
-mod setup;
 
 pub use disk_spec::{DiskSpec, SpecError};
-pub use setup::{build_device, SetupError};
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+
+use crate::mgmt::api::{ControllerCreate, LunSpec};
 
 /// Largest number of request queues offered.
 pub const MAX_NUM_QUEUES: u16 = 64;
@@ -40,16 +40,31 @@ pub enum Command {
 /// Options of `serve`.
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// vhost-user socket to listen on (QEMU: -chardev socket,path=PATH).
+    /// vhost-user socket of a controller named `default` (QEMU: -chardev
+    /// socket,path=PATH), serving the --disk LUNs. Shorthand for a
+    /// one-controller config.
     #[arg(long, value_name = "PATH")]
-    pub socket: PathBuf,
+    pub socket: Option<PathBuf>,
 
-    /// A LUN of target 0: PATH[,readonly][,block-size=512|4096][,serial=TEXT][,lun=N].
+    /// A LUN of the --socket controller: PATH[,readonly][,block-size=512|4096][,serial=TEXT][,lun=N].
     /// Repeat for more LUNs; numbered in order unless lun= says otherwise.
-    #[arg(long = "disk", value_name = "SPEC", required = true)]
+    #[arg(long = "disk", value_name = "SPEC", requires = "socket")]
     pub disks: Vec<DiskSpec>,
 
-    /// Number of request queues offered (1..=64).
+    /// Controllers and LUNs to serve at start (TOML; see docs/management.md).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Serve the JSON-RPC management API on this Unix socket (created 0600).
+    #[arg(long, value_name = "PATH")]
+    pub rpc_socket: Option<PathBuf>,
+
+    /// Serve Prometheus metrics (GET /metrics) on a loopback address
+    /// (127.0.0.1:9184) or a Unix socket (unix:/path).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<String>,
+
+    /// Number of request queues of the --socket controller (1..=64).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=i64::from(MAX_NUM_QUEUES)))]
     pub num_queues: u16,
 
@@ -58,10 +73,13 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DIR")]
     pub pr_state: Option<PathBuf>,
 
-    /// Maximum virtqueue size (1..=1024, a power of two).
+    /// Maximum virtqueue size of the --socket controller (1..=1024, a power of two).
     #[arg(long, default_value_t = 256, value_parser = parse_queue_size)]
     pub queue_size: u16,
 }
+
+/// Name of the controller `--socket` creates.
+pub const SHORTHAND_CONTROLLER: &str = "default";
 
 fn parse_queue_size(s: &str) -> Result<u16, String> {
     let n: u16 = s
@@ -107,6 +125,32 @@ impl ServeArgs {
             out.push(lun);
         }
         Ok(out)
+    }
+
+    /// The controller `--socket`/`--disk` describe, if any.
+    pub fn shorthand(&self) -> Result<Option<(ControllerCreate, Vec<LunSpec>)>, SpecError> {
+        let Some(socket) = &self.socket else {
+            return Ok(None);
+        };
+        let luns = self
+            .disks
+            .iter()
+            .zip(self.lun_numbers()?)
+            .map(|(d, lun)| LunSpec {
+                lun: Some(lun),
+                path: d.path.clone(),
+                readonly: d.readonly,
+                block_size: d.block_size.map(|b| b.bytes()),
+                serial: d.serial.clone(),
+            })
+            .collect();
+        let create = ControllerCreate {
+            name: SHORTHAND_CONTROLLER.into(),
+            socket: socket.clone(),
+            num_queues: Some(self.num_queues),
+            queue_size: Some(self.queue_size),
+        };
+        Ok(Some((create, luns)))
     }
 }
 
@@ -164,7 +208,6 @@ mod tests {
                 "--queue-size",
                 "100",
             ],
-            &["serve", "--socket", "s"],
             &["serve", "--disk", "a"],
             &["serve", "--socket", "s", "--disk", "a,block-size=1024"],
         ] {

@@ -3,3 +3,8 @@
 //! vhost, scsi and block layers; nothing below imports it).
 
 pub mod api;
+pub mod disk;
+mod manager;
+pub mod validate;
+
+pub use manager::{nexus_of, Batch, Manager};

@@ -246,7 +246,7 @@ mod verify;
 mod write_same;
 
 pub use lba_status::lba_status_data;
-pub use lun::{fnv1a64, naa_designator, NAA_COMPANY_ID, PRODUCT, VENDOR};
+pub use lun::{fnv1a64, naa_designator, LogicalUnit, NAA_COMPANY_ID, PRODUCT, VENDOR};
 pub use opcodes::{Command, PrClass, COMMANDS};
 pub use pr::{DirPrStore, PrStore};
 pub use sense::{io_error_sense, miscompare_sense};

@@ -3,7 +3,9 @@
 
 use std::cell::RefCell;
 use std::io::Read;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
 
 use super::cdb::Cdb;
 use super::lun::LogicalUnit;
@@ -102,12 +104,19 @@ pub enum ScsiError {
     },
 }
 
-/// A SCSI target: a map of logical units. `Send + Sync`: shared by all
-/// queues through an `Arc`; per-unit state is behind a mutex in
-/// [`LogicalUnit`].
+/// The LUN map: (LUN number, unit), sorted by number, unique. A unit may
+/// be mapped by several targets (a shared disk: each target's initiator is
+/// its own I_T nexus on the same unit).
+type LunMap = Vec<(u16, Arc<LogicalUnit>)>;
+
+/// A SCSI target: a map of logical units that can change while commands
+/// run (hot-attach and hot-detach). `Send + Sync`: shared by all queues
+/// through an `Arc`; per-unit state is behind a mutex in [`LogicalUnit`].
+/// Commands read the map through `ArcSwap` (no lock, no shared counter);
+/// changes are serialized by `edit` and publish a new map.
 pub struct Target {
-    /// Sorted by LUN number, unique.
-    luns: Vec<LogicalUnit>,
+    luns: ArcSwap<LunMap>,
+    edit: Mutex<()>,
     /// Where APTPL persistent reservations are saved.
     pr_store: Option<Arc<dyn PrStore>>,
 }
@@ -127,7 +136,17 @@ impl Target {
         Self::build(luns, Some(store))
     }
 
+    /// A target with no LUNs yet (they come with [`Target::attach`]).
+    pub fn empty(pr_store: Option<Arc<dyn PrStore>>) -> Self {
+        Target {
+            luns: ArcSwap::from_pointee(Vec::new()),
+            edit: Mutex::new(()),
+            pr_store,
+        }
+    }
+
     fn build(luns: Vec<LunConfig>, pr_store: Option<Arc<dyn PrStore>>) -> Result<Self, ScsiError> {
+        let target = Self::empty(pr_store);
         let mut luns = luns;
         luns.sort_by_key(|l| l.lun);
         for w in luns.windows(2) {
@@ -140,45 +159,87 @@ impl Target {
         for l in &luns {
             validate(l)?;
         }
-        let mut units = Vec::with_capacity(luns.len());
         for cfg in luns {
-            let pr = match &pr_store {
-                Some(store) => {
-                    let saved = store
-                        .load(&cfg.identity)
-                        .map_err(|source| ScsiError::PrLoad {
-                            lun: cfg.lun,
-                            source,
-                        })?;
-                    saved
-                        .as_deref()
-                        .and_then(PrState::decode)
-                        .unwrap_or_default()
-                }
-                None => PrState::default(),
-            };
-            units.push(LogicalUnit::with_pr(cfg, pr));
+            let lun = cfg.lun;
+            let unit = target.make_unit(cfg)?;
+            target.attach(lun, unit)?;
         }
-        Ok(Target {
-            luns: units,
-            pr_store,
-        })
+        Ok(target)
+    }
+
+    /// A logical unit for `cfg`, with its persistent reservations restored
+    /// from this target's store; not mapped anywhere yet.
+    pub fn make_unit(&self, cfg: LunConfig) -> Result<Arc<LogicalUnit>, ScsiError> {
+        validate(&cfg)?;
+        let pr = match &self.pr_store {
+            Some(store) => {
+                let saved = store
+                    .load(&cfg.identity)
+                    .map_err(|source| ScsiError::PrLoad {
+                        lun: cfg.lun,
+                        source,
+                    })?;
+                saved
+                    .as_deref()
+                    .and_then(PrState::decode)
+                    .unwrap_or_default()
+            }
+            None => PrState::default(),
+        };
+        Ok(Arc::new(LogicalUnit::with_pr(cfg, pr)))
+    }
+
+    /// Map `unit` at `lun` (hot-attach): commands see it from now on. Its
+    /// first command from each nexus reports POWER ON, RESET, OR BUS DEVICE
+    /// RESET OCCURRED, as for a unit that just appeared.
+    pub fn attach(&self, lun: u16, unit: Arc<LogicalUnit>) -> Result<(), ScsiError> {
+        if lun > MAX_LUN {
+            return Err(ScsiError::LunOutOfRange(lun));
+        }
+        let _edit = self.edit.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.luns.load();
+        let at = match current.binary_search_by_key(&lun, |(n, _)| *n) {
+            Ok(_) => return Err(ScsiError::DuplicateLun(lun)),
+            Err(at) => at,
+        };
+        let mut next: LunMap = current.as_ref().clone();
+        next.insert(at, (lun, unit));
+        self.luns.store(Arc::new(next));
+        Ok(())
+    }
+
+    /// Unmap `lun` (hot-detach): from now on its commands get LOGICAL UNIT
+    /// NOT SUPPORTED. Commands already dispatched finish; the caller drains
+    /// them. Returns the unit, if it was mapped.
+    pub fn detach(&self, lun: u16) -> Option<Arc<LogicalUnit>> {
+        let _edit = self.edit.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.luns.load();
+        let at = current.binary_search_by_key(&lun, |(n, _)| *n).ok()?;
+        let mut next: LunMap = current.as_ref().clone();
+        let (_, unit) = next.remove(at);
+        self.luns.store(Arc::new(next));
+        Some(unit)
+    }
+
+    /// The unit mapped at `lun`.
+    pub fn unit(&self, lun: u16) -> Option<Arc<LogicalUnit>> {
+        self.logical_unit(&self.luns.load(), lun).cloned()
     }
 
     /// The configured LUN numbers, ascending.
     pub fn lun_numbers(&self) -> Vec<u16> {
-        self.luns.iter().map(|l| l.cfg.lun).collect()
+        self.luns.load().iter().map(|(n, _)| *n).collect()
     }
 
     pub(crate) fn pr_store(&self) -> Option<&Arc<dyn PrStore>> {
         self.pr_store.as_ref()
     }
 
-    fn logical_unit(&self, lun: u16) -> Option<&LogicalUnit> {
-        self.luns
-            .binary_search_by_key(&lun, |l| l.cfg.lun)
+    fn logical_unit<'a>(&self, map: &'a LunMap, lun: u16) -> Option<&'a Arc<LogicalUnit>> {
+        map.binary_search_by_key(&lun, |(n, _)| *n)
             .ok()
-            .and_then(|i| self.luns.get(i))
+            .and_then(|i| map.get(i))
+            .map(|(_, u)| u)
     }
 
     /// LOGICAL UNIT RESET (SAM-5 7.6), called by the transport after it
@@ -187,7 +248,7 @@ impl Target {
     /// their defaults (WCE=1) and establishes BUS DEVICE RESET FUNCTION
     /// OCCURRED (29h/03h) for every nexus. Unknown LUN: nothing.
     pub fn lun_reset(&self, lun: u16) {
-        if let Some(lu) = self.logical_unit(lun) {
+        if let Some(lu) = self.unit(lun) {
             let mut st = lu.state();
             st.legacy = None;
             lu.set_write_cache(true);
@@ -200,7 +261,7 @@ impl Target {
     /// reservation the nexus holds and establishes I_T NEXUS LOSS OCCURRED
     /// (29h/07h) for that nexus. Persistent reservations survive.
     pub fn nexus_reset(&self, nexus: NexusId) {
-        for lu in &self.luns {
+        for (_, lu) in self.luns.load().iter() {
             let mut st = lu.state();
             if st.legacy == Some(nexus) {
                 st.legacy = None;
@@ -213,7 +274,7 @@ impl Target {
     /// `new_num_blocks` blocks (0 is ignored: a unit has at least one), and
     /// every nexus gets CAPACITY DATA HAS CHANGED (2Ah/09h, SBC-4 4.6).
     pub fn capacity_changed(&self, lun: u16, new_num_blocks: BlockCount) {
-        if let Some(lu) = self.logical_unit(lun) {
+        if let Some(lu) = self.unit(lun) {
             if new_num_blocks.0 == 0 || new_num_blocks.to_bytes(lu.cfg.block_size).is_none() {
                 return;
             }
@@ -225,22 +286,34 @@ impl Target {
 
     /// Current capacity of `lun` in logical blocks, if it exists.
     pub fn capacity(&self, lun: u16) -> Option<BlockCount> {
-        self.logical_unit(lun).map(LogicalUnit::capacity)
+        self.unit(lun).map(|u| u.capacity())
     }
 
     /// The LUN inventory changed: every nexus of every unit gets REPORTED
     /// LUNS DATA HAS CHANGED (3Fh/0Eh, SPC-5 6.29).
     pub fn luns_changed(&self) {
-        for lu in &self.luns {
+        for (_, lu) in self.luns.load().iter() {
             lu.state()
                 .ua
                 .establish_all(UnitAttention::ReportedLunsChanged, None);
         }
     }
 
+    /// The LUN inventory `nexus` sees changed (a LUN attached to or
+    /// detached from this target): REPORTED LUNS DATA HAS CHANGED for that
+    /// nexus on every unit still mapped (SPC-5 6.29). Other targets that
+    /// share a unit see no change in their own inventory.
+    pub fn luns_changed_for(&self, nexus: NexusId) {
+        for (_, lu) in self.luns.load().iter() {
+            lu.state()
+                .ua
+                .establish(nexus, UnitAttention::ReportedLunsChanged);
+        }
+    }
+
     /// Clears a pending `ua` of `nexus` on every unit.
     pub(crate) fn clear_ua(&self, nexus: NexusId, ua: UnitAttention) {
-        for lu in &self.luns {
+        for (_, lu) in self.luns.load().iter() {
             lu.state().ua.clear(nexus, ua);
         }
     }
@@ -278,7 +351,8 @@ impl Target {
         data_out: &mut dyn Read,
     ) -> Result<Outcome, Sense> {
         let found = opcodes::lookup(cdb);
-        let lu = self.logical_unit(lun);
+        let map = self.luns.load();
+        let lu = self.logical_unit(&map, lun).map(|u| &**u);
         let exempt = matches!(found, Ok(cmd) if cmd.any_lun);
         let Some(unit) = lu else {
             if !exempt {

@@ -17,10 +17,11 @@ use vmm_sys_util::event::{
 use super::control::ControlQueue;
 use super::device::Device;
 use super::slow::SlowLane;
+use super::stats::QueueStats;
 use super::worker::{RequestWorker, Vring};
 use crate::block::{BlockError, Engine};
 use crate::scsi::NexusId;
-use crate::virtio_scsi::{GuestMem, F_CHANGE};
+use crate::virtio_scsi::{GuestMem, F_CHANGE, F_HOTPLUG};
 
 /// VHOST_USER_F_PROTOCOL_FEATURES.
 const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
@@ -50,12 +51,12 @@ impl ScsiBackend {
     pub fn new(
         device: Arc<Device>,
         nexus: NexusId,
-        request_queues: usize,
+        queue_stats: &[Arc<QueueStats>],
         queue_size: usize,
         mem: GuestMemoryAtomic<GuestMem>,
     ) -> Result<Self, BlockError> {
-        let mut workers = Vec::with_capacity(request_queues);
-        for i in 0..request_queues {
+        let mut workers = Vec::with_capacity(queue_stats.len());
+        for (i, stats) in queue_stats.iter().enumerate() {
             let engine = Engine::new_shared(u32::try_from(queue_size).unwrap_or(1024))?;
             let slow = SlowLane::new(format!("slow-lane-{i}")).map_err(BlockError::Ring)?;
             workers.push(Mutex::new(RequestWorker::new(
@@ -64,6 +65,7 @@ impl ScsiBackend {
                 device.clone(),
                 engine,
                 slow,
+                stats.clone(),
             )));
         }
         Ok(ScsiBackend {
@@ -105,6 +107,17 @@ impl ScsiBackend {
         self.inner.workers.get(i).map(|w| lock(w).slow_event_fd())
     }
 
+    /// Wait until no request for `lun` is in flight on any queue (after a
+    /// hot-detach: the target accepts no new ones).
+    pub fn drain_lun(&self, lun: u16) {
+        for w in &self.inner.workers {
+            let mut w = lock(w);
+            if w.has_lun_requests(lun) {
+                w.drain();
+            }
+        }
+    }
+
     /// Wait for and complete every in-flight request on every queue.
     pub fn drain_all(&self) {
         for w in &self.inner.workers {
@@ -135,14 +148,15 @@ impl VhostUserBackend for ScsiBackend {
     }
 
     fn features(&self) -> u64 {
-        // VIRTIO_SCSI_F_CHANGE: QEMU acks it with its default
-        // param_change=on whether offered or not, and vhost-user-backend
-        // rejects acks of bits not offered. We never change parameters yet,
-        // so offering it promises nothing we do not keep.
+        // VIRTIO_SCSI_F_HOTPLUG: LUNs attached and detached at run time
+        // are announced on the event queue (TRANSPORT_RESET RESCAN and
+        // REMOVED). VIRTIO_SCSI_F_CHANGE: a resize is announced with
+        // PARAM_CHANGE 2Ah/09h.
         (1 << VIRTIO_F_VERSION_1)
             | (1 << VIRTIO_RING_F_EVENT_IDX)
             | (1 << VIRTIO_RING_F_INDIRECT_DESC)
             | VHOST_USER_F_PROTOCOL_FEATURES
+            | F_HOTPLUG
             | F_CHANGE
     }
 
@@ -200,11 +214,24 @@ impl VhostUserBackend for ScsiBackend {
         let mem = &self.inner.mem;
         if thread_id == 0 {
             // Thread 0: vrings[0] is the control queue, vrings[1] the event
-            // queue. Event buffers stay queued: we have no events to send.
-            if device_event == 0 {
-                if let Some(vring) = vrings.first() {
-                    lock(&self.inner.control).process(vring, event_idx, mem, &self.inner.workers);
+            // queue (the guest added event buffers: deliver what waits).
+            match device_event {
+                0 => {
+                    if let Some(vring) = vrings.first() {
+                        lock(&self.inner.control).process(
+                            vring,
+                            event_idx,
+                            mem,
+                            &self.inner.workers,
+                        );
+                    }
                 }
+                1 => {
+                    if let Some(vring) = vrings.get(1) {
+                        self.inner.device.events.kicked(vring, event_idx);
+                    }
+                }
+                _ => {}
             }
             return Ok(());
         }

@@ -10,13 +10,17 @@
 mod backend;
 mod control;
 mod device;
+mod events;
 mod exec;
 mod ratelimit;
 mod server;
 mod slow;
+mod stats;
 mod worker;
 
 pub use backend::ScsiBackend;
-pub use device::{Device, LunBacking};
+pub use device::{sync_backing, Device, LunBacking};
+pub use events::{param_change, transport_reset, EventQueue, EVT_RESET_REMOVED, EVT_RESET_RESCAN};
 pub use exec::WriteGate;
-pub use server::{bind, serve, ServeError, ServerConfig, ShutdownSignal};
+pub use server::{bind, serve, ServeError, ServerConfig, ServerState, ShutdownSignal};
+pub use stats::{LunSnapshot, LunStats, QueueStats};

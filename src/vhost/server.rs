@@ -7,7 +7,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use vhost::vhost_user::Listener;
@@ -18,6 +18,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::backend::ScsiBackend;
 use super::device::Device;
+use super::stats::QueueStats;
 use crate::block::BlockError;
 use crate::scsi::NexusId;
 
@@ -91,6 +92,52 @@ impl ShutdownSignal {
     }
 }
 
+/// What the management plane sees of a running [`serve`]: the connected
+/// frontend's backend, connection count and per-queue counters.
+pub struct ServerState {
+    queues: Vec<Arc<QueueStats>>,
+    current: Mutex<Option<ScsiBackend>>,
+    connections: AtomicU64,
+}
+
+impl ServerState {
+    pub fn new(request_queues: usize) -> Arc<Self> {
+        Arc::new(ServerState {
+            queues: (0..request_queues).map(|_| Arc::default()).collect(),
+            current: Mutex::new(None),
+            connections: AtomicU64::new(0),
+        })
+    }
+
+    fn current(&self) -> std::sync::MutexGuard<'_, Option<ScsiBackend>> {
+        self.current.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A frontend is connected.
+    pub fn connected(&self) -> bool {
+        self.current().is_some()
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Per request queue counters.
+    pub fn queues(&self) -> &[Arc<QueueStats>] {
+        &self.queues
+    }
+
+    /// Wait until the connected guest has no request for `lun` in flight
+    /// (hot-detach, after the target stopped accepting new ones).
+    pub fn drain_lun(&self, lun: u16) {
+        let backend = self.current().clone();
+        if let Some(b) = backend {
+            b.drain_lun(lun);
+        }
+    }
+}
+
 /// Bind the vhost-user socket, refusing a path that a live process serves
 /// (a stale socket file is replaced).
 pub fn bind(path: &Path) -> Result<Listener, ServeError> {
@@ -118,6 +165,7 @@ pub fn serve(
     config: &ServerConfig,
     mut listener: Listener,
     shutdown: &ShutdownSignal,
+    server: &ServerState,
 ) -> Result<(), ServeError> {
     tracing::info!(socket = %config.socket.display(), queues = config.request_queues, "listening");
     while wait_for_connection(listener.as_raw_fd(), shutdown.wake.as_raw_fd())? {
@@ -128,12 +176,13 @@ pub fn serve(
         let backend = ScsiBackend::new(
             device.clone(),
             config.nexus,
-            config.request_queues,
+            &server.queues,
             config.queue_size,
             mem.clone(),
         )?;
-        let mut daemon = VhostUserDaemon::new("vhost-user-scsi".into(), backend.clone(), mem)
-            .map_err(|e| ServeError::Daemon(e.to_string()))?;
+        let mut daemon =
+            VhostUserDaemon::new("vhost-user-scsi".into(), backend.clone(), mem.clone())
+                .map_err(|e| ServeError::Daemon(e.to_string()))?;
         let handlers = daemon.get_epoll_handlers();
         for i in 0..backend.request_queues() {
             let (Some(h), Some(ring), Some(slow)) = (
@@ -151,13 +200,17 @@ pub fn serve(
         daemon
             .start(&mut listener)
             .map_err(|e| ServeError::Daemon(e.to_string()))?;
-        tracing::info!("frontend connected");
+        tracing::info!(socket = %config.socket.display(), "frontend connected");
+        server.connections.fetch_add(1, Ordering::Relaxed);
+        device.events.connect(mem.clone());
+        *server.current() = Some(backend.clone());
         shutdown.set_current(daemon.shutdown_handle());
         if shutdown.is_requested() {
             daemon.request_shutdown();
         }
         let result = daemon.wait();
         shutdown.set_current(None);
+        device.events.disconnect();
         match result {
             Ok(())
             | Err(vhost_user_backend::Error::HandleRequest(
@@ -168,6 +221,7 @@ pub fn serve(
         // Finish what the guest had in flight, then let the worker threads
         // go (dropping the daemon joins them).
         backend.drain_all();
+        *server.current() = None;
         drop(daemon);
         device.sync_all();
     }

@@ -9,6 +9,7 @@
 //! table update cannot unmap buffers the kernel is still writing.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use vhost_user_backend::{VringRwLock, VringState, VringT};
 use virtio_queue::{DescriptorChain, QueueT};
@@ -18,6 +19,7 @@ use super::device::{Device, LunBacking};
 use super::exec::{self, Gate, SlowOp};
 use super::ratelimit::{warn_limited, RateLimit};
 use super::slow::{JobResult, SlowLane};
+use super::stats::{CmdKind, QueueStats};
 use crate::block::{Completion, Engine, EngineOp, IoVecs};
 use crate::scsi::{io_error_sense, BlockIo, IoDir, NexusId, Outcome, Sense, Status};
 use crate::virtio_scsi::{
@@ -54,6 +56,11 @@ struct InFlight {
     /// Set for a fast-path write registered in its LUN's write gate.
     gate: Option<Gate>,
     mem: MemGuard,
+    /// The LUN's backing (kept alive until completion, even across a
+    /// hot-detach) and counters.
+    lb: Arc<LunBacking>,
+    kind: CmdKind,
+    start: Instant,
 }
 
 /// State of one request queue, owned by its worker thread (behind a mutex
@@ -74,6 +81,9 @@ pub(crate) struct RequestWorker {
     completions: Vec<Completion>,
     slow_done: Vec<(u64, JobResult)>,
     log: RateLimit,
+    stats: Arc<QueueStats>,
+    /// When the current batch of requests was taken from the ring.
+    batch_start: Instant,
 }
 
 impl RequestWorker {
@@ -83,6 +93,7 @@ impl RequestWorker {
         device: Arc<Device>,
         engine: Engine,
         slow: SlowLane,
+        stats: Arc<QueueStats>,
     ) -> Self {
         RequestWorker {
             index,
@@ -97,6 +108,8 @@ impl RequestWorker {
             completions: Vec::new(),
             slow_done: Vec::new(),
             log: RateLimit::new(),
+            stats,
+            batch_start: Instant::now(),
         }
     }
 
@@ -149,6 +162,7 @@ impl RequestWorker {
         }
         let mem = mem.memory();
         let mut completed = false;
+        self.batch_start = Instant::now();
         {
             let mut state = vring.get_mut();
             loop {
@@ -158,6 +172,7 @@ impl RequestWorker {
                     }
                 }
                 while let Some(chain) = state.get_queue_mut().pop_descriptor_chain(mem.clone()) {
+                    self.stats.popped(1);
                     completed |= self.start_request(chain, mem.clone(), &mut state);
                 }
                 if !event_idx {
@@ -184,6 +199,19 @@ impl RequestWorker {
         if self.engine.has_completions() {
             self.process_completions();
         }
+        self.publish_in_flight();
+    }
+
+    fn publish_in_flight(&self) {
+        self.stats
+            .set_in_flight((self.slots.len() - self.free.len()) as u64);
+    }
+
+    /// Count a completed request in its LUN's counters.
+    fn account(&self, req: &InFlight, ok: bool, now: Instant) {
+        let ns =
+            u64::try_from(now.saturating_duration_since(req.start).as_nanos()).unwrap_or(u64::MAX);
+        req.lb.stats.completed(self.index, req.kind, ok, ns);
     }
 
     /// The io_uring eventfd fired: complete what finished.
@@ -195,6 +223,7 @@ impl RequestWorker {
         }
         self.finish_ring(&comps);
         self.completions = comps;
+        self.publish_in_flight();
     }
 
     /// The slow lane's eventfd fired: complete what finished.
@@ -204,6 +233,7 @@ impl RequestWorker {
         self.slow.reap(&mut done);
         self.finish_slow(&mut done);
         self.slow_done = done;
+        self.publish_in_flight();
     }
 
     /// Wait for every in-flight request and complete it (stop_vring, task
@@ -242,6 +272,7 @@ impl RequestWorker {
         let Some(vring) = self.vring.clone() else {
             return;
         };
+        let now = Instant::now();
         let mut state = vring.get_mut();
         for c in comps {
             let Some(req) = self.take_slot(c.user_data) else {
@@ -255,6 +286,7 @@ impl RequestWorker {
             if let Some(g) = &req.gate {
                 g.leave_fast();
             }
+            self.account(&req, c.result.is_ok(), now);
             let used = match c.result {
                 Ok(_) => {
                     let used =
@@ -295,6 +327,7 @@ impl RequestWorker {
         let Some(vring) = self.vring.clone() else {
             return;
         };
+        let now = Instant::now();
         let mut state = vring.get_mut();
         for (user, result) in done.drain(..) {
             let Some(req) = self.take_slot(user) else {
@@ -305,6 +338,7 @@ impl RequestWorker {
                 );
                 continue;
             };
+            self.account(&req, result.status == Status::Good, now);
             let used = complete_with(
                 &req.mem,
                 &req.resp,
@@ -360,12 +394,21 @@ impl RequestWorker {
                 .target
                 .execute(self.nexus, lun, &cdb, &mut data_out)
         };
+        let lb = self.device.lun(lun);
+        if let Some(lb) = &lb {
+            lb.stats.started(self.index);
+        }
         match outcome {
             Outcome::Complete {
                 status,
                 sense,
                 data,
             } => {
+                if let Some(lb) = &lb {
+                    let ns = u64::try_from(self.batch_start.elapsed().as_nanos()).unwrap_or(0);
+                    lb.stats
+                        .completed(self.index, CmdKind::Other, status == Status::Good, ns);
+                }
                 let used = complete_with(
                     &mem,
                     &req.resp,
@@ -377,18 +420,39 @@ impl RequestWorker {
                 );
                 add_used(state, head, used, &mut self.log)
             }
-            Outcome::Io(io) => self.start_io(state, head, lun, io, req, mem),
-            Outcome::Flush => {
-                let Some(lb) = self.device.lun(lun) else {
+            other => {
+                // The target accepted a command for a LUN being detached
+                // right now: it is gone.
+                let Some(lb) = lb else {
                     return self.respond(state, head, &mem, &req.resp, S_FAILURE);
                 };
+                self.start_backed(state, head, lb, other, req, mem)
+            }
+        }
+    }
+
+    /// A command that needs the LUN's backing store.
+    fn start_backed(
+        &mut self,
+        state: &mut State,
+        head: u16,
+        lb: Arc<LunBacking>,
+        outcome: Outcome,
+        req: CmdRequest,
+        mem: MemGuard,
+    ) -> bool {
+        match outcome {
+            Outcome::Io(io) => self.start_io(state, head, lb, io, req, mem),
+            Outcome::Flush => {
                 let backing = lb.backing.clone();
+                let resid = clamp_u32(req.data_in.len());
                 let slot = self.park(
                     head,
-                    lun,
+                    lb,
+                    CmdKind::Other,
                     IoDir::Write,
                     0,
-                    clamp_u32(req.data_in.len()),
+                    resid,
                     req,
                     None,
                     mem,
@@ -396,11 +460,8 @@ impl RequestWorker {
                 self.push_ring(state, slot, &backing, EngineOp::Flush)
             }
             slow => {
-                let Some(lb) = self.device.lun(lun) else {
-                    return self.respond(state, head, &mem, &req.resp, S_FAILURE);
-                };
-                let job = slow_job(lb, SlowOp::Scsi(slow));
-                let slot = self.park(head, lun, IoDir::Write, 0, 0, req, None, mem);
+                let job = slow_job(&lb, SlowOp::Scsi(slow));
+                let slot = self.park(head, lb, CmdKind::Other, IoDir::Write, 0, 0, req, None, mem);
                 self.push_slow(state, slot, job)
             }
         }
@@ -412,7 +473,7 @@ impl RequestWorker {
         &mut self,
         state: &mut State,
         head: u16,
-        lun: u16,
+        lb: Arc<LunBacking>,
         io: BlockIo,
         req: CmdRequest,
         mem: MemGuard,
@@ -425,10 +486,12 @@ impl RequestWorker {
         // virtio-scsi: a transfer that does not fit the buffers of its
         // direction is an overrun (QEMU does the same).
         if buf.len() < len || !other.is_empty() {
+            lb.stats.completed(self.index, CmdKind::Other, false, 0);
             return self.respond(state, head, &mem, &req.resp, S_OVERRUN);
         }
-        let Some(lb) = self.device.lun(lun) else {
-            return self.respond(state, head, &mem, &req.resp, S_FAILURE);
+        let kind = match io.dir {
+            IoDir::Read => CmdKind::Read(len),
+            IoDir::Write => CmdKind::Write(len),
         };
         let resid = clamp_u32(buf.len() - len);
         let gate = match io.dir {
@@ -439,17 +502,18 @@ impl RequestWorker {
                 // queue the write behind it.
                 let mut data = vec![0u8; usize::try_from(len).unwrap_or(0)];
                 if buf.read_to(&mem, &mut data).ok() != Some(data.len()) {
+                    lb.stats.completed(self.index, kind, false, 0);
                     return self.respond(state, head, &mem, &req.resp, S_FAILURE);
                 }
                 let job = slow_job(
-                    lb,
+                    &lb,
                     SlowOp::DivertedWrite {
                         offset: io.offset,
                         data,
                         fua: io.fua,
                     },
                 );
-                let slot = self.park(head, lun, IoDir::Write, 0, resid, req, None, mem);
+                let slot = self.park(head, lb, kind, IoDir::Write, 0, resid, req, None, mem);
                 return self.push_slow(state, slot, job);
             }
         };
@@ -459,6 +523,7 @@ impl RequestWorker {
                 g.leave_fast();
             }
             warn_limited!(self.log, queue = self.index, error = %e, "bad data buffers");
+            lb.stats.completed(self.index, kind, false, 0);
             return self.respond(state, head, &mem, &req.resp, S_FAILURE);
         }
         let (op, read_len) = match io.dir {
@@ -479,7 +544,7 @@ impl RequestWorker {
             ),
         };
         let backing = lb.backing.clone();
-        let slot = self.park(head, lun, io.dir, read_len, resid, req, gate, mem);
+        let slot = self.park(head, lb, kind, io.dir, read_len, resid, req, gate, mem);
         self.push_ring(state, slot, &backing, op)
     }
 
@@ -488,7 +553,8 @@ impl RequestWorker {
     fn park(
         &mut self,
         head: u16,
-        lun: u16,
+        lb: Arc<LunBacking>,
+        kind: CmdKind,
         dir: IoDir,
         read_len: u64,
         resid: u32,
@@ -499,7 +565,7 @@ impl RequestWorker {
         let entry = InFlight {
             head,
             tag: req.header.tag,
-            lun,
+            lun: lb.lun,
             dir,
             read_len,
             resid,
@@ -507,6 +573,9 @@ impl RequestWorker {
             data_in: req.data_in,
             gate,
             mem,
+            lb,
+            kind,
+            start: self.batch_start,
         };
         match self.free.pop() {
             Some(i) => {
@@ -560,6 +629,7 @@ impl RequestWorker {
         if let Some(g) = &req.gate {
             g.leave_fast();
         }
+        self.account(&req, false, Instant::now());
         let sense = io_error_sense(req.dir, libc::EIO);
         let used = write_response(
             &req.mem,

@@ -1,16 +1,12 @@
-//! Turn `serve` arguments into a [`Device`]: open each backing store, check
-//! its size against the block size, and describe it to the SCSI target.
-//! Everything is checked before anything listens.
+//! Open a LUN's backing store, check its size against the block size, and
+//! describe it to the SCSI target (VPD limits, thin provisioning).
 
 use std::path::Path;
-use std::sync::Arc;
 
+use super::api::LunSpec;
 use crate::block::{Backing, BackingKind, BlockError};
-use crate::scsi::{DirPrStore, LunConfig, ScsiError, Target};
+use crate::scsi::LunConfig;
 use crate::units::{BlockSize, ByteCount};
-use crate::vhost::{Device, LunBacking};
-
-use super::{DiskSpec, ServeArgs, SpecError};
 
 /// Largest single transfer we advertise (VPD B0h), in bytes.
 pub const MAX_TRANSFER_BYTES: u32 = 4 << 20;
@@ -22,11 +18,11 @@ pub const MAX_UNMAP_DESCRIPTORS: u32 = 256;
 /// Largest WRITE SAME we advertise (VPD B0h), in bytes.
 pub const MAX_WRITE_SAME_BYTES: u64 = 1 << 30;
 
-/// Why the disks cannot be served.
+/// Why a disk cannot be served.
 #[derive(Debug, thiserror::Error)]
-pub enum SetupError {
-    #[error(transparent)]
-    Spec(#[from] SpecError),
+pub enum DiskError {
+    #[error("block-size must be 512 or 4096, not {0}")]
+    BadBlockSize(u32),
     #[error("{0}")]
     Block(#[from] BlockError),
     #[error("{path}: size is zero")]
@@ -47,71 +43,37 @@ pub enum SetupError {
     },
     #[error("{path}: the device's logical block size {device} is not supported (512 or 4096)")]
     UnsupportedDeviceBlockSize { path: String, device: u32 },
-    #[error("{0}")]
-    Scsi(#[from] ScsiError),
-    #[error("--pr-state {dir}: {source}")]
-    PrState { dir: String, source: std::io::Error },
 }
 
-/// Open every disk of `args` and build the device.
-pub fn build_device(args: &ServeArgs) -> Result<Device, SetupError> {
-    let numbers = args.lun_numbers()?;
-    let pr_store: Option<Arc<dyn crate::scsi::PrStore>> = match &args.pr_state {
-        Some(dir) => Some(Arc::new(DirPrStore::new(dir).map_err(|source| {
-            SetupError::PrState {
-                dir: dir.display().to_string(),
-                source,
-            }
-        })?)),
+/// Open `spec` as LUN `lun`: its backing and its description.
+pub fn open_disk(spec: &LunSpec, lun: u16) -> Result<(LunConfig, Backing), DiskError> {
+    let shown = spec.path.display().to_string();
+    let requested = match spec.block_size {
+        Some(n) => Some(BlockSize::new(n).ok_or(DiskError::BadBlockSize(n))?),
         None => None,
     };
-    let mut configs = Vec::with_capacity(args.disks.len());
-    let mut luns = Vec::with_capacity(args.disks.len());
-    for (spec, lun) in args.disks.iter().zip(numbers) {
-        let (config, backing) = open_disk(spec, lun)?;
-        tracing::info!(
-            lun,
-            path = %spec.path.display(),
-            blocks = config.num_blocks.0,
-            block_size = %config.block_size,
-            readonly = config.readonly,
-            direct = backing.is_direct(),
-            "disk"
-        );
-        luns.push(LunBacking::new(lun, Arc::new(backing), config.block_size));
-        configs.push(config);
-    }
-    let target = match pr_store {
-        Some(store) => Target::with_pr_store(configs, store)?,
-        None => Target::new(configs)?,
-    };
-    Ok(Device::new(target, luns))
-}
-
-fn open_disk(spec: &DiskSpec, lun: u16) -> Result<(LunConfig, Backing), SetupError> {
-    let shown = spec.path.display().to_string();
     let backing = Backing::open(&spec.path, spec.readonly)?;
     let device_bs = backing.logical_block_size();
-    let block_size = match spec.block_size {
+    let block_size = match requested {
         Some(bs) if bs.bytes() < device_bs => {
-            return Err(SetupError::BlockSizeTooSmall {
+            return Err(DiskError::BlockSizeTooSmall {
                 path: shown,
                 requested: bs,
                 device: device_bs,
             })
         }
         Some(bs) => bs,
-        None => BlockSize::new(device_bs).ok_or(SetupError::UnsupportedDeviceBlockSize {
+        None => BlockSize::new(device_bs).ok_or(DiskError::UnsupportedDeviceBlockSize {
             path: shown.clone(),
             device: device_bs,
         })?,
     };
     let size: ByteCount = backing.size();
     if size.0 == 0 {
-        return Err(SetupError::Empty { path: shown });
+        return Err(DiskError::Empty { path: shown });
     }
     if !size.is_multiple_of(block_size) {
-        return Err(SetupError::NotMultiple {
+        return Err(DiskError::NotMultiple {
             path: shown,
             size: size.0,
             bs: block_size,
@@ -154,7 +116,7 @@ fn with_provisioning(mut config: LunConfig, backing: &Backing) -> LunConfig {
 }
 
 /// A stable identity for a backing path: its canonical form.
-fn identity_of(path: &Path) -> String {
+pub fn identity_of(path: &Path) -> String {
     std::fs::canonicalize(path)
         .unwrap_or_else(|_| path.to_owned())
         .display()

@@ -3,4 +3,5 @@
 //! vhost, scsi and block layers; nothing below imports it).
 
 pub mod api;
+pub mod metrics;
 pub mod validate;

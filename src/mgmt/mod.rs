@@ -3,5 +3,6 @@
 //! vhost, scsi and block layers; nothing below imports it).
 
 pub mod api;
+pub mod config;
 pub mod metrics;
 pub mod validate;

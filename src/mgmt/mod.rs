@@ -1,10 +1,19 @@
 //! The management plane: many controllers in one daemon, created, listed
 //! and deleted at run time, with LUN hotplug (the top layer: it uses the
 //! vhost, scsi and block layers; nothing below imports it).
+//!
+//! - [`api`]: the methods' parameters and results, the [`api::Api`] trait.
+//! - [`Manager`]: the daemon's controllers and disks (implements `Api`).
+//! - [`config`]: the `--config` TOML file (the same schema as the methods).
+//! - [`metrics`]: Prometheus metrics on `--metrics-addr`.
+//! - [`validate`]: checks shared by the config file and the methods.
+//! - [`disk`]: opening a LUN's backing store.
 
 pub mod api;
+pub mod config;
 pub mod disk;
 mod manager;
+pub mod metrics;
 pub mod validate;
 
 pub use manager::{nexus_of, Batch, Manager};

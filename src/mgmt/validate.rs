@@ -1,50 +1,170 @@
-//! TEMPORARY stub; replaced by the cfg branch's validators at merge.
+//! Checks of management input shared by the `--config` loader and the
+//! JSON-RPC methods: one function a field, each returning a message without
+//! a prefix (the caller adds the file position or the RPC error code).
+//!
+//! The limits are those of the command line ([`crate::cli`]) and the SCSI
+//! target ([`crate::scsi::MAX_LUN`]).
+
+use crate::cli::{MAX_NUM_QUEUES, MAX_QUEUE_SIZE};
+use crate::scsi::MAX_LUN;
+
+/// Request queues offered when `num_queues` is absent.
 pub const DEFAULT_NUM_QUEUES: u16 = 4;
+/// Virtqueue size offered when `queue_size` is absent.
 pub const DEFAULT_QUEUE_SIZE: u16 = 256;
-pub fn controller_name(n: &str) -> Result<(), String> {
-    if n.is_empty()
-        || n.len() > 64
-        || !n
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-        || n.starts_with(['.', '-'])
+/// Longest controller name.
+pub const MAX_NAME_LEN: usize = 64;
+/// Longest unit serial number (what fits in VPD page 80h).
+pub const MAX_SERIAL_LEN: usize = 252;
+
+/// A controller name: 1..=64 characters of `A-Za-z0-9._-`, not starting
+/// with `.` or `-`.
+pub fn controller_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("controller name is empty".into());
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(format!(
+            "controller name is {} characters long, more than {MAX_NAME_LEN}",
+            name.len()
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
     {
-        return Err(format!("invalid controller name `{n}`: 1 to 64 characters of A-Z a-z 0-9 . _ -, not starting with . or -"));
+        return Err(format!(
+            "controller name {name:?} contains {c:?} (allowed: A-Z a-z 0-9 . _ -)"
+        ));
+    }
+    if name.starts_with(['.', '-']) {
+        return Err(format!(
+            "controller name {name:?} must not start with '.' or '-'"
+        ));
     }
     Ok(())
 }
+
+/// Number of request queues: 1..=64.
 pub fn num_queues(n: u16) -> Result<(), String> {
-    if (1..=64).contains(&n) {
-        Ok(())
-    } else {
-        Err(format!("{n} is out of range 1..=64"))
+    if n == 0 || n > MAX_NUM_QUEUES {
+        return Err(format!("{n} is out of range 1..={MAX_NUM_QUEUES}"));
     }
+    Ok(())
 }
+
+/// Virtqueue size: a power of two from 1 to 1024.
 pub fn queue_size(n: u16) -> Result<(), String> {
-    if n.is_power_of_two() && n <= 1024 {
-        Ok(())
-    } else {
-        Err(format!("{n} is not a power of two from 1 to 1024"))
+    if n == 0 || n > MAX_QUEUE_SIZE || !n.is_power_of_two() {
+        return Err(format!(
+            "{n} is not a power of two from 1 to {MAX_QUEUE_SIZE}"
+        ));
     }
+    Ok(())
 }
+
+/// LUN number: 0..=16383.
 pub fn lun(n: u16) -> Result<(), String> {
-    if n <= 16383 {
-        Ok(())
-    } else {
-        Err(format!("{n} is out of range 0..=16383"))
+    if n > MAX_LUN {
+        return Err(format!("{n} is out of range 0..={MAX_LUN}"));
     }
+    Ok(())
 }
+
+/// Logical block size: 512 or 4096.
 pub fn block_size(n: u32) -> Result<(), String> {
-    if n == 512 || n == 4096 {
-        Ok(())
-    } else {
-        Err(format!("{n} is not 512 or 4096"))
+    if n != 512 && n != 4096 {
+        return Err(format!("{n} is not a supported block size (512 or 4096)"));
     }
+    Ok(())
 }
+
+/// Unit serial number: at most 252 bytes of printable ASCII (0x20..=0x7e).
 pub fn serial(s: &str) -> Result<(), String> {
-    if s.len() <= 252 && s.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
-        Ok(())
-    } else {
-        Err("not at most 252 printable ASCII characters".into())
+    if s.len() > MAX_SERIAL_LEN {
+        return Err(format!(
+            "serial is {} bytes long, more than {MAX_SERIAL_LEN}",
+            s.len()
+        ));
+    }
+    if let Some(c) = s.chars().find(|c| !matches!(c, ' '..='~')) {
+        return Err(format!(
+            "serial {s:?} contains {c:?} (only printable ASCII is allowed)"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for good in ["a", "vm1", "VM_1.disk-2", "0", "a.", "a-", &"x".repeat(64)] {
+            assert_eq!(controller_name(good), Ok(()), "{good}");
+        }
+        for bad in ["", ".a", "-a", "a b", "a/b", "é", "a:b", &"x".repeat(65)] {
+            assert!(controller_name(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            controller_name("a/b").unwrap_err(),
+            "controller name \"a/b\" contains '/' (allowed: A-Z a-z 0-9 . _ -)"
+        );
+        assert_eq!(
+            controller_name(".a").unwrap_err(),
+            "controller name \".a\" must not start with '.' or '-'"
+        );
+    }
+
+    #[test]
+    fn queues() {
+        assert!(num_queues(0).is_err());
+        assert_eq!(num_queues(1), Ok(()));
+        assert_eq!(num_queues(64), Ok(()));
+        assert_eq!(num_queues(65).unwrap_err(), "65 is out of range 1..=64");
+        assert_eq!(num_queues(DEFAULT_NUM_QUEUES), Ok(()));
+    }
+
+    #[test]
+    fn queue_sizes() {
+        for good in [1, 2, 4, 128, 256, 1024] {
+            assert_eq!(queue_size(good), Ok(()), "{good}");
+        }
+        for bad in [0, 3, 100, 2048, u16::MAX] {
+            assert!(queue_size(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            queue_size(100).unwrap_err(),
+            "100 is not a power of two from 1 to 1024"
+        );
+        assert_eq!(queue_size(DEFAULT_QUEUE_SIZE), Ok(()));
+    }
+
+    #[test]
+    fn luns() {
+        assert_eq!(lun(0), Ok(()));
+        assert_eq!(lun(16383), Ok(()));
+        assert_eq!(lun(16384).unwrap_err(), "16384 is out of range 0..=16383");
+    }
+
+    #[test]
+    fn block_sizes() {
+        assert_eq!(block_size(512), Ok(()));
+        assert_eq!(block_size(4096), Ok(()));
+        for bad in [0, 1024, 520, 8192] {
+            assert!(block_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn serials() {
+        assert_eq!(serial(""), Ok(()));
+        assert_eq!(serial("vm1 root~!"), Ok(()));
+        assert_eq!(serial(&"s".repeat(252)), Ok(()));
+        assert!(serial(&"s".repeat(253)).is_err());
+        assert!(serial("tab\there").is_err());
+        assert!(serial("del\x7f").is_err());
+        assert!(serial("é").is_err());
     }
 }

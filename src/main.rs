@@ -10,6 +10,9 @@ use nix::sys::signal::{SigSet, Signal};
 use tracing_subscriber::EnvFilter;
 
 use vhost_user_scsi::cli::{Cli, Command, ServeArgs};
+use vhost_user_scsi::mgmt::api::{Api, StatsQuery};
+use vhost_user_scsi::mgmt::config;
+use vhost_user_scsi::mgmt::metrics::{MetricsAddr, MetricsServer};
 use vhost_user_scsi::mgmt::Manager;
 use vhost_user_scsi::scsi::{DirPrStore, PrStore};
 
@@ -88,29 +91,56 @@ fn run_serve(args: &ServeArgs) -> anyhow::Result<()> {
 
     // Everything is checked, and every disk opened, before anything
     // listens.
-    let mut list = Vec::new();
+    let file = match &args.config {
+        Some(path) => config::load(path)?,
+        None => config::Config::default(),
+    };
+    let rpc_socket = args.rpc_socket.clone().or(file.rpc_socket.clone());
+    let metrics_addr: Option<MetricsAddr> = args
+        .metrics_addr
+        .clone()
+        .or(file.metrics_addr.clone())
+        .map(|a| a.parse())
+        .transpose()
+        .context("--metrics-addr")?;
+    let pr_state = args.pr_state.clone().or(file.pr_state.clone());
+    let mut list: Vec<_> = file
+        .controllers
+        .into_iter()
+        .map(|c| (c.create, c.luns))
+        .collect();
     if let Some(shorthand) = args.shorthand()? {
-        if shorthand.1.is_empty() && args.rpc_socket.is_none() {
+        if shorthand.1.is_empty() && rpc_socket.is_none() {
             anyhow::bail!("--socket needs at least one --disk (or --rpc-socket to add LUNs later)");
         }
         list.push(shorthand);
     }
-    if list.is_empty() && args.rpc_socket.is_none() {
+    if list.is_empty() && rpc_socket.is_none() {
         anyhow::bail!(
             "nothing to serve: give --socket with --disk, --config, or --rpc-socket (see --help)"
         );
     }
-    let pr_store: Option<Arc<dyn PrStore>> = match &args.pr_state {
+    let pr_store: Option<Arc<dyn PrStore>> = match &pr_state {
         Some(dir) => Some(Arc::new(
-            DirPrStore::new(dir).with_context(|| format!("--pr-state {}", dir.display()))?,
+            DirPrStore::new(dir).with_context(|| format!("pr_state {}", dir.display()))?,
         )),
         None => None,
     };
     let manager = Manager::new(pr_store);
-    let batch = manager
-        .prepare_all(&list)
-        .map_err(|e| anyhow::anyhow!(e.message))?;
-
+    let batch = manager.prepare_all(&list).map_err(|e| match &args.config {
+        Some(path) => anyhow::anyhow!("{}: {}", path.display(), e.message),
+        None => anyhow::anyhow!(e.message),
+    })?;
+    let metrics = match &metrics_addr {
+        Some(addr) => {
+            let source = {
+                let manager = manager.clone();
+                Arc::new(move || manager.stats(StatsQuery::default()).unwrap_or_default())
+            };
+            Some(MetricsServer::start(addr, source).context("metrics")?)
+        }
+        None => None,
+    };
     manager
         .start_all(batch)
         .map_err(|e| anyhow::anyhow!(e.message))?;
@@ -134,6 +164,9 @@ fn run_serve(args: &ServeArgs) -> anyhow::Result<()> {
     }
     manager.wait_for_stop();
     manager.shutdown_all();
+    if let Some(m) = metrics {
+        m.stop();
+    }
     tracing::info!("shut down");
     Ok(())
 }

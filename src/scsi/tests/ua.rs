@@ -119,3 +119,43 @@ fn quiet_fast_path_sees_every_change() {
     t.capacity_changed(0, BlockCount(4096));
     ua(e(2, &TUR, &[]), 0x2a, 0x09);
 }
+
+#[test]
+fn hot_attach_and_detach() {
+    let t = target();
+    // A new unit: POWER ON at first contact, then served; listed by
+    // REPORT LUNS; the existing units get REPORTED LUNS DATA HAS CHANGED
+    // for the nexus told about it.
+    let unit = t.make_unit(cfg(7)).unwrap();
+    t.attach(7, unit.clone()).unwrap();
+    t.luns_changed_for(N0);
+    assert!(matches!(
+        t.attach(7, unit.clone()),
+        Err(ScsiError::DuplicateLun(7))
+    ));
+    assert!(matches!(
+        t.attach(16384, unit.clone()),
+        Err(ScsiError::LunOutOfRange(16384))
+    ));
+    ua(exec(&t, 7, &TUR), 0x29, 0x00);
+    assert_eq!(exec(&t, 7, &TUR), Outcome::good());
+    ua(exec(&t, 0, &TUR), 0x3f, 0x0e);
+    assert_eq!(t.lun_numbers(), vec![0, 5, 7, 300]);
+    // Shared: the same unit at another LUN number of another target is
+    // one logical unit (its reservations and capacity are shared).
+    let other = Target::empty(None);
+    other.attach(2, unit.clone()).unwrap();
+    t.capacity_changed(7, BlockCount(4096));
+    assert_eq!(other.capacity(2), Some(BlockCount(4096)));
+    // Detach: LOGICAL UNIT NOT SUPPORTED from then on.
+    assert!(t.detach(7).is_some());
+    assert!(t.detach(7).is_none());
+    assert_sense(
+        check(exec(&t, 7, &TUR)),
+        SenseKey::IllegalRequest,
+        0x25,
+        0,
+        [0; 3],
+    );
+    assert_eq!(t.lun_numbers(), vec![0, 5, 300]);
+}

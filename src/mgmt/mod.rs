@@ -3,3 +3,4 @@
 //! vhost, scsi and block layers; nothing below imports it).
 
 pub mod api;
+pub mod dispatch;

@@ -4,3 +4,5 @@
 
 pub mod api;
 pub mod dispatch;
+pub mod rpc_client;
+pub mod rpc_server;

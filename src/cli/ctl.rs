@@ -42,7 +42,7 @@ pub enum CtlCommand {
         /// Unique name (A-Za-z0-9._-, up to 64 characters).
         #[arg(long)]
         name: String,
-        /// vhost-user socket to listen on.
+        /// vhost-user socket to listen on (made absolute here).
         #[arg(long, value_name = "PATH")]
         socket: PathBuf,
         /// Request queues (1..=64; daemon default 4).
@@ -55,6 +55,7 @@ pub enum CtlCommand {
     /// Delete a controller and its LUNs.
     #[command(name = "controller_delete", alias = "controller-delete")]
     ControllerDelete {
+        /// The controller's name.
         #[arg(long)]
         name: String,
         /// Disconnect a connected guest instead of refusing.
@@ -67,13 +68,16 @@ pub enum CtlCommand {
     /// Attach an image file or block device as a LUN.
     #[command(name = "lun_add", alias = "lun-add")]
     LunAdd {
+        /// The controller's name.
         #[arg(long, value_name = "NAME")]
         controller: String,
+        /// Image file or block device (made absolute here).
         #[arg(long)]
         path: PathBuf,
         /// LUN number (default: the lowest free one).
         #[arg(long, value_name = "N")]
         lun: Option<u16>,
+        /// Refuse writes.
         #[arg(long)]
         readonly: bool,
         /// Logical block size (default: the device's own, 512 for files).
@@ -86,16 +90,20 @@ pub enum CtlCommand {
     /// Detach a LUN (waits for its in-flight I/O).
     #[command(name = "lun_remove", alias = "lun-remove")]
     LunRemove {
+        /// The controller's name.
         #[arg(long, value_name = "NAME")]
         controller: String,
+        /// LUN number.
         #[arg(long, value_name = "N")]
         lun: u16,
     },
     /// Grow an image file, or pick up a size changed by someone else.
     #[command(name = "lun_resize", alias = "lun-resize")]
     LunResize {
+        /// The controller's name.
         #[arg(long, value_name = "NAME")]
         controller: String,
+        /// LUN number.
         #[arg(long, value_name = "N")]
         lun: u16,
         /// New size: bytes, or with a K, M, G or T suffix (powers of 1024).
@@ -105,8 +113,10 @@ pub enum CtlCommand {
     },
     /// I/O counters and latencies per LUN and queue.
     Stats {
+        /// Only this controller.
         #[arg(long, value_name = "NAME")]
         controller: Option<String>,
+        /// Only this LUN.
         #[arg(long, value_name = "N")]
         lun: Option<u16>,
     },
@@ -116,7 +126,9 @@ pub enum CtlCommand {
     Shutdown,
     /// Any method, with parameters as JSON; prints the result as JSON.
     Call {
+        /// Method name, e.g. controller_list.
         method: String,
+        /// Parameters, a JSON object.
         #[arg(value_name = "PARAMS_JSON", value_parser = parse_json)]
         params: Option<Value>,
     },

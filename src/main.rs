@@ -55,6 +55,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => run_serve(&args),
         Command::Bench(args) => vhost_user_scsi::bench::main(&args).map_err(Into::into),
         Command::BenchReport(args) => vhost_user_scsi::bench::plot::main(&args).map_err(Into::into),
+        Command::Ctl(args) => vhost_user_scsi::cli::ctl::main(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,6 +3,7 @@
 //! Parsing only; opening disks and serving live in [`crate::vhost`]. Every
 //! error here is a one-line message for the user (the binary exits 1).
 
+pub mod ctl;
 mod disk_spec;
 
 pub use disk_spec::{DiskSpec, SpecError};
@@ -35,6 +36,8 @@ pub enum Command {
     /// Turn matrix results into a markdown table and a PNG (scripts/bench.sh).
     #[command(hide = true)]
     BenchReport(crate::bench::ReportArgs),
+    /// Manage a running daemon over its JSON-RPC socket.
+    Ctl(ctl::CtlArgs),
 }
 
 /// Options of `serve`.

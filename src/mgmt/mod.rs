@@ -4,6 +4,8 @@
 //!
 //! - [`api`]: the methods' parameters and results, the [`api::Api`] trait.
 //! - [`Manager`]: the daemon's controllers and disks (implements `Api`).
+//! - [`dispatch`], [`rpc_server`], [`rpc_client`]: JSON-RPC 2.0 over a
+//!   Unix socket (`--rpc-socket`, `vhost-user-scsi ctl`).
 //! - [`config`]: the `--config` TOML file (the same schema as the methods).
 //! - [`metrics`]: Prometheus metrics on `--metrics-addr`.
 //! - [`validate`]: checks shared by the config file and the methods.
@@ -12,8 +14,11 @@
 pub mod api;
 pub mod config;
 pub mod disk;
+pub mod dispatch;
 mod manager;
 pub mod metrics;
+pub mod rpc_client;
+pub mod rpc_server;
 pub mod validate;
 
 pub use manager::{nexus_of, Batch, Manager};

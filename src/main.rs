@@ -13,6 +13,7 @@ use vhost_user_scsi::cli::{Cli, Command, ServeArgs};
 use vhost_user_scsi::mgmt::api::{Api, StatsQuery};
 use vhost_user_scsi::mgmt::config;
 use vhost_user_scsi::mgmt::metrics::{MetricsAddr, MetricsServer};
+use vhost_user_scsi::mgmt::rpc_server::RpcServer;
 use vhost_user_scsi::mgmt::Manager;
 use vhost_user_scsi::scsi::{DirPrStore, PrStore};
 
@@ -132,6 +133,10 @@ fn run_serve(args: &ServeArgs) -> anyhow::Result<()> {
         Some(path) => anyhow::anyhow!("{}: {}", path.display(), e.message),
         None => anyhow::anyhow!(e.message),
     })?;
+    let rpc = match &rpc_socket {
+        Some(path) => Some(RpcServer::bind(path)?),
+        None => None,
+    };
     let metrics = match &metrics_addr {
         Some(addr) => {
             let source = {
@@ -145,6 +150,14 @@ fn run_serve(args: &ServeArgs) -> anyhow::Result<()> {
     manager
         .start_all(batch)
         .map_err(|e| anyhow::anyhow!(e.message))?;
+    let rpc = match rpc {
+        Some(server) => Some(
+            server
+                .spawn(manager.clone())
+                .context("cannot start the RPC server")?,
+        ),
+        None => None,
+    };
     {
         let manager = manager.clone();
         std::thread::Builder::new()
@@ -164,6 +177,10 @@ fn run_serve(args: &ServeArgs) -> anyhow::Result<()> {
             .context("cannot start the signal thread")?;
     }
     manager.wait_for_stop();
+    // No new calls, then every controller drains and stops.
+    if let Some(rpc) = rpc {
+        rpc.stop();
+    }
     manager.shutdown_all();
     if let Some(m) = metrics {
         m.stop();

@@ -250,4 +250,4 @@ pub use lun::{fnv1a64, naa_designator, LogicalUnit, NAA_COMPANY_ID, PRODUCT, VEN
 pub use opcodes::{Command, PrClass, COMMANDS};
 pub use pr::{DirPrStore, PrStore};
 pub use sense::{io_error_sense, miscompare_sense};
-pub use target::{LunConfig, ScsiError, Target, MAX_LUN, MAX_SERIAL_LEN};
+pub use target::{LunConfig, LunMapCache, ScsiError, Target, MAX_LUN, MAX_SERIAL_LEN};

@@ -317,6 +317,26 @@ pub fn check_cdb(cmd: &Command, cdb: &Cdb<'_>) -> Result<(), Sense> {
     if bytes.get(last).is_some_and(|c| c & NACA != 0) {
         return Err(Sense::invalid_field_in_cdb(field_byte(last), Some(2)));
     }
+    // Fast path (every command): no byte past the opcode has a bit the
+    // usage map does not allow. Both are at most 16 bytes: compare them as
+    // two 128-bit words.
+    let mut b = [0u8; 16];
+    let mut u = [0xffu8; 16];
+    let n = bytes.len().min(cmd.usage.len()).min(16);
+    if let (Some(bd), Some(bs), Some(ud), Some(us)) = (
+        b.get_mut(..n),
+        bytes.get(..n),
+        u.get_mut(..n),
+        cmd.usage.get(..n),
+    ) {
+        bd.copy_from_slice(bs);
+        ud.copy_from_slice(us);
+    }
+    // Byte 0 (the opcode) is never checked.
+    b[0] = 0;
+    if u128::from_ne_bytes(b) & !u128::from_ne_bytes(u) == 0 {
+        return Ok(());
+    }
     for (i, (b, u)) in bytes.iter().zip(cmd.usage).enumerate().skip(1) {
         let reserved = b & !u;
         if reserved != 0 {

@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::io::Read;
 use std::sync::{Arc, Mutex};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, Cache};
 
 use super::cdb::Cdb;
 use super::lun::LogicalUnit;
@@ -109,13 +109,24 @@ pub enum ScsiError {
 /// its own I_T nexus on the same unit).
 type LunMap = Vec<(u16, Arc<LogicalUnit>)>;
 
+/// A thread's cached view of a target's LUN map ([`Target::cache`]).
+pub struct LunMapCache(Cache<Arc<ArcSwap<LunMap>>, Arc<LunMap>>);
+
+impl LunMapCache {
+    /// Catch up with the current map now (dropping a stale one, and the
+    /// units only it still held).
+    pub fn refresh(&mut self) {
+        self.0.load();
+    }
+}
+
 /// A SCSI target: a map of logical units that can change while commands
 /// run (hot-attach and hot-detach). `Send + Sync`: shared by all queues
 /// through an `Arc`; per-unit state is behind a mutex in [`LogicalUnit`].
 /// Commands read the map through `ArcSwap` (no lock, no shared counter);
 /// changes are serialized by `edit` and publish a new map.
 pub struct Target {
-    luns: ArcSwap<LunMap>,
+    luns: Arc<ArcSwap<LunMap>>,
     edit: Mutex<()>,
     /// Where APTPL persistent reservations are saved.
     pr_store: Option<Arc<dyn PrStore>>,
@@ -139,7 +150,7 @@ impl Target {
     /// A target with no LUNs yet (they come with [`Target::attach`]).
     pub fn empty(pr_store: Option<Arc<dyn PrStore>>) -> Self {
         Target {
-            luns: ArcSwap::from_pointee(Vec::new()),
+            luns: Arc::new(ArcSwap::from_pointee(Vec::new())),
             edit: Mutex::new(()),
             pr_store,
         }
@@ -224,6 +235,12 @@ impl Target {
     /// The unit mapped at `lun`.
     pub fn unit(&self, lun: u16) -> Option<Arc<LogicalUnit>> {
         self.logical_unit(&self.luns.load(), lun).cloned()
+    }
+
+    /// A per-thread view of the LUN map for [`Target::execute_cached`]:
+    /// checking that it is current costs one relaxed load.
+    pub fn cache(&self) -> LunMapCache {
+        LunMapCache(Cache::new(self.luns.clone()))
     }
 
     /// The configured LUN numbers, ascending.
@@ -332,7 +349,27 @@ impl Target {
         cdb: &[u8],
         data_out: &mut dyn Read,
     ) -> Outcome {
-        match self.dispatch(nexus, lun, cdb, data_out) {
+        let map = self.luns.load();
+        match self.dispatch(&map, nexus, lun, cdb, data_out) {
+            Ok(outcome) => outcome,
+            Err(sense) => Outcome::check_condition(sense),
+        }
+    }
+
+    /// [`Target::execute`] through `cache` (one per thread, from
+    /// [`Target::cache`]): the same, without touching the shared map when it
+    /// has not changed. A change of the map (attach, detach) is seen by the
+    /// next command, or at once after [`LunMapCache::refresh`].
+    pub fn execute_cached(
+        &self,
+        cache: &mut LunMapCache,
+        nexus: NexusId,
+        lun: u16,
+        cdb: &[u8],
+        data_out: &mut dyn Read,
+    ) -> Outcome {
+        let map = cache.0.load();
+        match self.dispatch(map, nexus, lun, cdb, data_out) {
             Ok(outcome) => outcome,
             Err(sense) => Outcome::check_condition(sense),
         }
@@ -345,14 +382,14 @@ impl Target {
     /// reservations (SPC-4 5.9.1), run the handler.
     fn dispatch(
         &self,
+        map: &LunMap,
         nexus: NexusId,
         lun: u16,
         cdb: &[u8],
         data_out: &mut dyn Read,
     ) -> Result<Outcome, Sense> {
         let found = opcodes::lookup(cdb);
-        let map = self.luns.load();
-        let lu = self.logical_unit(&map, lun).map(|u| &**u);
+        let lu = self.logical_unit(map, lun).map(|u| &**u);
         let exempt = matches!(found, Ok(cmd) if cmd.any_lun);
         let Some(unit) = lu else {
             if !exempt {

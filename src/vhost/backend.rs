@@ -115,6 +115,7 @@ impl ScsiBackend {
             if w.has_lun_requests(lun) {
                 w.drain();
             }
+            w.refresh_luns();
         }
     }
 

@@ -5,7 +5,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, Cache};
 
 use super::events::EventQueue;
 use super::exec::WriteGate;
@@ -54,10 +54,25 @@ impl LunBacking {
 
 type LunTable = Vec<Arc<LunBacking>>;
 
+/// A thread's cached view of a device's LUN table ([`Device::lun_cache`]).
+pub(crate) struct LunCache(Cache<Arc<ArcSwap<LunTable>>, Arc<LunTable>>);
+
+impl LunCache {
+    /// `lun`'s backing, if it exists.
+    pub(crate) fn get(&mut self, lun: u16) -> Option<Arc<LunBacking>> {
+        self.0.load().iter().find(|l| l.lun == lun).cloned()
+    }
+
+    /// Catch up with the current table now (releasing detached backings).
+    pub(crate) fn refresh(&mut self) {
+        self.0.load();
+    }
+}
+
 /// A SCSI target plus the backing of each of its LUNs.
 pub struct Device {
     pub target: Target,
-    luns: ArcSwap<LunTable>,
+    luns: Arc<ArcSwap<LunTable>>,
     edit: Mutex<()>,
     /// Hotplug and parameter-change events for the guest.
     pub events: EventQueue,
@@ -68,7 +83,9 @@ impl Device {
     pub fn new(target: Target, luns: Vec<LunBacking>) -> Self {
         Device {
             target,
-            luns: ArcSwap::from_pointee(luns.into_iter().map(Arc::new).collect()),
+            luns: Arc::new(ArcSwap::from_pointee(
+                luns.into_iter().map(Arc::new).collect(),
+            )),
             edit: Mutex::new(()),
             events: EventQueue::default(),
         }
@@ -82,6 +99,12 @@ impl Device {
     /// `lun`'s backing, block size, write gate and counters, if it exists.
     pub fn lun(&self, lun: u16) -> Option<Arc<LunBacking>> {
         self.luns.load().iter().find(|l| l.lun == lun).cloned()
+    }
+
+    /// A per-thread view of the LUN table (one relaxed load per lookup
+    /// while it does not change).
+    pub(crate) fn lun_cache(&self) -> LunCache {
+        LunCache(Cache::new(self.luns.clone()))
     }
 
     /// Every LUN, in the order they were attached.

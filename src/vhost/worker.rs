@@ -15,13 +15,13 @@ use vhost_user_backend::{VringRwLock, VringState, VringT};
 use virtio_queue::{DescriptorChain, QueueT};
 use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard};
 
-use super::device::{Device, LunBacking};
+use super::device::{Device, LunBacking, LunCache};
 use super::exec::{self, Gate, SlowOp};
 use super::ratelimit::{warn_limited, RateLimit};
 use super::slow::{JobResult, SlowLane};
 use super::stats::{CmdKind, QueueStats};
 use crate::block::{Completion, Engine, EngineOp, IoVecs};
-use crate::scsi::{io_error_sense, BlockIo, IoDir, NexusId, Outcome, Sense, Status};
+use crate::scsi::{io_error_sense, BlockIo, IoDir, LunMapCache, NexusId, Outcome, Sense, Status};
 use crate::virtio_scsi::{
     decode_lun, parse_cmd, split_chain, CmdRequest, CmdRespHeader, GuestMem, LunAddress, Segments,
     SENSE_SIZE, S_BAD_TARGET, S_FAILURE, S_OK, S_OVERRUN,
@@ -70,6 +70,9 @@ pub(crate) struct RequestWorker {
     index: usize,
     nexus: NexusId,
     device: Arc<Device>,
+    /// This queue's views of the target's LUN map and the LUN backings.
+    units: LunMapCache,
+    backings: LunCache,
     engine: Engine,
     engine_enabled: bool,
     slow: SlowLane,
@@ -98,6 +101,8 @@ impl RequestWorker {
         RequestWorker {
             index,
             nexus,
+            units: device.target.cache(),
+            backings: device.lun_cache(),
             device,
             engine,
             engine_enabled: false,
@@ -127,6 +132,12 @@ impl RequestWorker {
             .iter()
             .flatten()
             .any(|r| r.lun == lun && r.tag == tag)
+    }
+
+    /// Drop cached LUN maps that a hot-detach made stale.
+    pub(crate) fn refresh_luns(&mut self) {
+        self.units.refresh();
+        self.backings.refresh();
     }
 
     /// Is any command for `lun` in flight here?
@@ -392,9 +403,9 @@ impl RequestWorker {
             let mut data_out = req.data_out.reader(&mem);
             self.device
                 .target
-                .execute(self.nexus, lun, &cdb, &mut data_out)
+                .execute_cached(&mut self.units, self.nexus, lun, &cdb, &mut data_out)
         };
-        let lb = self.device.lun(lun);
+        let lb = self.backings.get(lun);
         if let Some(lb) = &lb {
             lb.stats.started(self.index);
         }

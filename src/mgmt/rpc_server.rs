@@ -278,7 +278,7 @@ impl Shared {
 
 fn accept_loop(listener: &UnixListener, wake: &EventFd, shared: &Arc<Shared>) {
     loop {
-        match wait_readable(listener.as_raw_fd(), wake.as_raw_fd()) {
+        match crate::vhost::wait_for_connection(listener.as_raw_fd(), wake.as_raw_fd()) {
             Ok(false) => return,
             Ok(true) => {}
             Err(e) => {
@@ -296,41 +296,6 @@ fn accept_loop(listener: &UnixListener, wake: &EventFd, shared: &Arc<Shared>) {
                 tracing::warn!("rpc socket accept failed: {e}");
                 std::thread::sleep(Duration::from_millis(100));
             }
-        }
-    }
-}
-
-/// Poll the listener and the wake eventfd: `Ok(true)` when a connection
-/// is waiting, `Ok(false)` when woken to stop.
-fn wait_readable(listen_fd: i32, wake_fd: i32) -> io::Result<bool> {
-    loop {
-        let mut fds = [
-            libc::pollfd {
-                fd: listen_fd,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: wake_fd,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: `fds` is a valid array of two pollfd for the duration of
-        // the call, and the count passed is its length.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if rc < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if fds[1].revents != 0 {
-            return Ok(false);
-        }
-        if fds[0].revents != 0 {
-            return Ok(true);
         }
     }
 }

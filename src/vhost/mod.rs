@@ -22,5 +22,7 @@ pub use backend::ScsiBackend;
 pub use device::{sync_backing, Device, LunBacking};
 pub use events::{param_change, transport_reset, EventQueue, EVT_RESET_REMOVED, EVT_RESET_RESCAN};
 pub use exec::WriteGate;
-pub use server::{bind, serve, ServeError, ServerConfig, ServerState, ShutdownSignal};
+pub use server::{
+    bind, serve, wait_for_connection, ServeError, ServerConfig, ServerState, ShutdownSignal,
+};
 pub use stats::{LunSnapshot, LunStats, QueueStats};

@@ -230,9 +230,10 @@ pub fn serve(
     Ok(())
 }
 
-/// Block until the listener has a connection (true) or shutdown is asked
-/// (false).
-fn wait_for_connection(listen_fd: RawFd, wake_fd: RawFd) -> Result<bool, ServeError> {
+/// Block until the listener has a connection (true) or `wake_fd` becomes
+/// readable (false): the accept loops of the controllers and of the RPC
+/// socket.
+pub fn wait_for_connection(listen_fd: RawFd, wake_fd: RawFd) -> io::Result<bool> {
     loop {
         let mut fds = [
             libc::pollfd {
@@ -254,7 +255,7 @@ fn wait_for_connection(listen_fd: RawFd, wake_fd: RawFd) -> Result<bool, ServeEr
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;
             }
-            return Err(e.into());
+            return Err(e);
         }
         if fds[1].revents != 0 {
             return Ok(false);

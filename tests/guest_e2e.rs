@@ -23,6 +23,18 @@
 //!   - SIGTERM (exit 0, socket removed), a new daemon on the same socket and
 //!     `--pr-state`; boot 3: the data and the APTPL reservation are still
 //!     there (then cleared); SIGTERM again.
+//! * `guest_e2e_hotplug`: one daemon with `--rpc-socket` and a `--config`
+//!   of two controllers (vm-a: LUN 0 64 MiB, 2 queues; vm-b: LUN 0 32 MiB);
+//!   guests A and B boot at the same time (tests/guest/hotplug.sh). The
+//!   host follows guest A's console and answers its `HOTPLUG-WAIT` markers
+//!   with `ctl`: lun_add of a 48 MiB LUN 1 (it appears in the guest by
+//!   itself, through the event queue; dd + fio on it), lun_resize to 96 MiB
+//!   (the new capacity shows up by itself), lun_remove (the disk goes
+//!   away; LUN 0 keeps working). Guest B does dd + fio rounds on its LUN 0
+//!   all along, until the host adds a LUN to vm-b as its stop signal.
+//!   Meanwhile controller_list (both connected) and stats (I/O on vm-a LUN
+//!   1); afterwards the backing files hold the guests' dd data and SIGTERM
+//!   ends the daemon (exit 0, every socket removed).
 //! * `guest_e2e_builtin_reference` (`--ignored`): the same guest checks
 //!   against QEMU's own virtio-scsi + scsi-hd, to tell harness bugs from
 //!   daemon bugs.
@@ -649,4 +661,569 @@ fn pattern_matches_guest_format() {
         "vhost-user-scsi seed=42 lun=0 pos=0", "vhost-user-scsi seed=42 lun=0 pos=64"
     );
     assert_eq!(p, want.as_bytes());
+}
+
+// ---------------------------------------------------------------- hotplug
+
+const HP_SEED_A: u64 = 31;
+const HP_SEED_B: u64 = 32;
+/// Guest A's LUN 1 (hot-added): size when added and after lun_resize.
+const HP_NEW_SIZE: u64 = 48 * MIB;
+const HP_RESIZED: u64 = 96 * MIB;
+/// dd regions (lun, offset, len) of guest A: LUN 1 after the add, LUN 1
+/// after the resize (the grown part), LUN 0 after the removal. fio uses
+/// 8..16 MiB of LUN 1.
+const HP_DD_NEW: [(u32, u64, u64); 3] = [
+    (1, 0, 65536),
+    (1, 20 * MIB + 3 * 4096, 8192),
+    (1, HP_NEW_SIZE - 4096, 4096),
+];
+const HP_DD_GROWN: [(u32, u64, u64); 2] = [(1, HP_NEW_SIZE, 65536), (1, HP_RESIZED - 4096, 4096)];
+const HP_DD_BASE_A: [(u32, u64, u64); 2] = [(0, 0, 65536), (0, 12345 * 512, 65536)];
+/// Guest B's dd regions on its LUN 0; its fio rounds use 8..16 MiB.
+const HP_DD_BASE_B: [(u32, u64, u64); 2] = [(0, 0, 65536), (0, 32 * MIB - 4096, 4096)];
+
+/// Which guest a console line came from.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Who {
+    A,
+    B,
+}
+
+enum ConsoleMsg {
+    Line(Who, String),
+    Eof(Who),
+}
+
+/// A run-guest.sh process whose console is read line by line by a thread;
+/// SIGTERM (run-guest.sh then kills its QEMU) on drop if still running.
+struct GuestProc {
+    name: &'static str,
+    child: Option<Child>,
+    log: PathBuf,
+    stderr_log: PathBuf,
+}
+
+impl GuestProc {
+    fn spawn(
+        who: Who,
+        name: &'static str,
+        work: &Path,
+        env: &str,
+        backend: &[String],
+        tx: std::sync::mpsc::Sender<ConsoleMsg>,
+    ) -> GuestProc {
+        use std::io::BufRead;
+        let root = repo_root();
+        let env_file = work.join(format!("{name}.env"));
+        fs::write(&env_file, env).unwrap();
+        let log = logs_dir().join(format!("{name}.log"));
+        let stderr_log = logs_dir().join(format!("{name}.stderr.log"));
+        let mut child = Command::new(root.join("scripts/run-guest.sh"))
+            .current_dir(&root)
+            .arg("--script")
+            .arg(root.join("tests/guest/hotplug.sh"))
+            .arg("--env-file")
+            .arg(&env_file)
+            .args(["--mem", "384M", "--timeout"])
+            .arg(GUEST_TIMEOUT_SECS.to_string())
+            .arg("--log")
+            .arg(&log)
+            .args(backend)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(File::create(&stderr_log).unwrap())
+            .spawn()
+            .expect("run scripts/run-guest.sh");
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            let mut r = std::io::BufReader::new(stdout);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match r.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let line = String::from_utf8_lossy(&buf)
+                            .replace('\r', "")
+                            .trim_end_matches('\n')
+                            .to_string();
+                        if tx.send(ConsoleMsg::Line(who, line)).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            let _ = tx.send(ConsoleMsg::Eof(who));
+        });
+        GuestProc {
+            name,
+            child: Some(child),
+            log,
+            stderr_log,
+        }
+    }
+
+    fn wait(&mut self) -> ExitStatus {
+        self.child.take().unwrap().wait().unwrap()
+    }
+
+    fn stderr_text(&self) -> String {
+        fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+}
+
+impl Drop for GuestProc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                sleep(Duration::from_millis(100));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `vhost-user-scsi ctl --rpc-socket RPC ARGS...`: its stdout; panics on
+/// failure.
+fn ctl(rpc: &Path, args: &[&str]) -> String {
+    let t = Instant::now();
+    let out = Command::new(daemon_binary())
+        .arg("ctl")
+        .arg("--rpc-socket")
+        .arg(rpc)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run vhost-user-scsi ctl");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "ctl {args:?} failed ({}): {}{}",
+        out.status,
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !args.contains(&"--json") {
+        print!("ctl {}: {stdout}", args.join(" "));
+    }
+    println!(
+        "ctl {} took {:.3} s",
+        args.first().unwrap_or(&""),
+        t.elapsed().as_secs_f64()
+    );
+    stdout
+}
+
+fn ctl_json(rpc: &Path, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = ctl(rpc, &all);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("ctl {args:?}: bad JSON ({e}): {out}"))
+}
+
+/// The entry of `list` whose `key` equals `value`.
+fn find_by<'a>(
+    list: &'a serde_json::Value,
+    key: &str,
+    value: serde_json::Value,
+) -> &'a serde_json::Value {
+    list.as_array()
+        .unwrap_or_else(|| panic!("not an array: {list}"))
+        .iter()
+        .find(|e| e[key] == value)
+        .unwrap_or_else(|| panic!("no entry with {key} = {value} in {list}"))
+}
+
+/// The LUN numbers of controller `name` in `controller_list --json`.
+fn listed_luns(list: &serde_json::Value, name: &str) -> Vec<u64> {
+    let c = find_by(list, "name", name.into());
+    c["luns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["lun"].as_u64().unwrap())
+        .collect()
+}
+
+/// The config file of guest_e2e_hotplug: two controllers, LUN 0 each.
+fn hotplug_config(sock_a: &Path, sock_b: &Path, img_a0: &Path, img_b0: &Path) -> String {
+    format!(
+        "[[controller]]\nname = \"vm-a\"\nsocket = \"{}\"\nnum_queues = 2\nqueue_size = 128\n\
+         [[controller.lun]]\nlun = 0\npath = \"{}\"\nserial = \"hp-a0\"\n\n\
+         [[controller]]\nname = \"vm-b\"\nsocket = \"{}\"\nnum_queues = 1\nqueue_size = 128\n\
+         [[controller.lun]]\nlun = 0\npath = \"{}\"\nserial = \"hp-b0\"\n",
+        sock_a.display(),
+        img_a0.display(),
+        sock_b.display(),
+        img_b0.display()
+    )
+}
+
+fn sparse_image(path: &Path, size: u64) -> PathBuf {
+    File::create(path)
+        .expect("create image")
+        .set_len(size)
+        .expect("size image");
+    path.to_path_buf()
+}
+
+/// Host-side check: `image` holds guest dd pattern `seed` in `regions`.
+fn check_pattern(image: &Path, seed: u64, regions: &[(u32, u64, u64)]) {
+    let mut f = File::open(image).expect("open image");
+    for &(lun, off, len) in regions {
+        f.seek(SeekFrom::Start(off)).unwrap();
+        let mut got = vec![0u8; len as usize];
+        f.read_exact(&mut got).expect("read image");
+        let want = pattern(seed, lun, off, len);
+        if got != want {
+            let first = got.iter().zip(&want).position(|(a, b)| a != b).unwrap();
+            panic!(
+                "{} differs from the guest's dd pattern at byte {} (region off {off} len {len}): \
+                 got {:?}..., want {:?}...",
+                image.display(),
+                off + first as u64,
+                String::from_utf8_lossy(&got[first..(first + 64).min(got.len())]),
+                String::from_utf8_lossy(&want[first..(first + 64).min(want.len())]),
+            );
+        }
+    }
+}
+
+/// Two guests at once on two controllers of one daemon started with
+/// `--config` and `--rpc-socket`. Guest A (vm-a, 2 queues): `ctl lun_add`
+/// of LUN 1 appears by itself (event queue, no rescan in the guest), dd +
+/// fio on it; `ctl lun_resize` to 96 MiB shows up by itself; `ctl
+/// lun_remove` makes it disappear while LUN 0 keeps working. Guest B
+/// (vm-b) does dd + fio rounds on its LUN 0 all along, until the host adds
+/// a LUN to vm-b as the stop signal. Meanwhile: controller_list (both
+/// connected) and stats (I/O on vm-a LUN 1). Then SIGTERM: exit 0, all
+/// sockets removed.
+#[test]
+fn guest_e2e_hotplug() {
+    let _guard = lock();
+    if !harness_ready("guest_e2e_hotplug") {
+        return;
+    }
+    let t0 = Instant::now();
+    let work = work_dir();
+    let sockdir = tempfile::Builder::new().prefix("vus-").tempdir().unwrap();
+    let sock_a = sockdir.path().join("a.sock");
+    let sock_b = sockdir.path().join("b.sock");
+    let rpc = sockdir.path().join("rpc.sock");
+    let img_a0 = sparse_image(&work.path().join("a0.img"), 64 * MIB);
+    let img_a1 = sparse_image(&work.path().join("a1.img"), HP_NEW_SIZE);
+    let img_b0 = sparse_image(&work.path().join("b0.img"), 32 * MIB);
+    let img_b1 = sparse_image(&work.path().join("b1.img"), 16 * MIB);
+    let config = work.path().join("config.toml");
+    fs::write(&config, hotplug_config(&sock_a, &sock_b, &img_a0, &img_b0)).unwrap();
+
+    let log = logs_dir().join("daemon-hotplug.log");
+    let mut cmd = Command::new(daemon_binary());
+    cmd.arg("serve")
+        .arg("--rpc-socket")
+        .arg(&rpc)
+        .arg("--config")
+        .arg(&config);
+    let logf = File::create(&log).unwrap();
+    cmd.stdin(Stdio::null())
+        .stdout(logf.try_clone().unwrap())
+        .stderr(logf);
+    println!("starting daemon: {cmd:?}");
+    let mut daemon = Daemon {
+        child: Some(cmd.spawn().expect("spawn vhost-user-scsi serve")),
+        log: log.clone(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ![&sock_a, &sock_b, &rpc].iter().all(|s| s.exists()) {
+        daemon.assert_running("before creating its sockets");
+        assert!(
+            Instant::now() < deadline,
+            "sockets did not appear within 10 s; daemon log:\n{}",
+            daemon.log_text()
+        );
+        sleep(Duration::from_millis(50));
+    }
+    let list = ctl_json(&rpc, &["controller_list"]);
+    assert_eq!(listed_luns(&list, "vm-a"), [0]);
+    assert_eq!(listed_luns(&list, "vm-b"), [0]);
+
+    let common = "EXPECT_DISKS=1\nHP_WAIT=60\nFIO_OFFSET=8M\nFIO_SIZE=4M\n";
+    let env_a = format!(
+        "{common}HP_ROLE=a\nDD_SEED={HP_SEED_A}\nHP_BASE_SERIAL=hp-a0\nHP_NEW_SERIAL=hp-a1\n\
+         HP_NEW_LUN=1\nHP_NEW_SIZE={HP_NEW_SIZE}\nHP_RESIZED={HP_RESIZED}\n\
+         HP_DD_NEW=\"{}\"\nHP_DD_GROWN=\"{}\"\nHP_DD_BASE=\"{}\"\n",
+        regions(&HP_DD_NEW),
+        regions(&HP_DD_GROWN),
+        regions(&HP_DD_BASE_A)
+    );
+    let env_b = format!(
+        "{common}HP_ROLE=b\nDD_SEED={HP_SEED_B}\nHP_BASE_SERIAL=hp-b0\nHP_NEW_SERIAL=hp-b1\n\
+         HP_NEW_LUN=1\nHP_NEW_SIZE={}\nHP_DD_BASE=\"{}\"\nHP_MAX_ROUNDS=100\n",
+        16 * MIB,
+        regions(&HP_DD_BASE_B)
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    let boot = Instant::now();
+    let mut guest_a = GuestProc::spawn(
+        Who::A,
+        "hotplug-a",
+        work.path(),
+        &env_a,
+        &[
+            "--vhost-socket".into(),
+            format!("{},num-queues=2", sock_a.display()),
+        ],
+        tx.clone(),
+    );
+    let mut guest_b = GuestProc::spawn(
+        Who::B,
+        "hotplug-b",
+        work.path(),
+        &env_b,
+        &[
+            "--vhost-socket".into(),
+            format!("{},num-queues=1", sock_b.display()),
+        ],
+        tx,
+    );
+
+    // Host side of the hotplug steps, driven by the guests' console markers.
+    let mut console_a = Vec::new();
+    let mut console_b = Vec::new();
+    let mut eof = (false, false);
+    let mut a_waits_add = false;
+    let mut b_io_started = false;
+    let mut added = false;
+    let mut stopped_b = false;
+    let mut a_done = false;
+    let mut acted: Vec<(&str, Instant)> = Vec::new();
+    let mut timings: Vec<String> = Vec::new();
+    let mut stats_checked = false;
+    let mut list_checked = false;
+    let guest_deadline = Instant::now() + Duration::from_secs(u64::from(GUEST_TIMEOUT_SECS) + 30);
+    let stamp = |what: &str| {
+        let s = format!("{:6.1} s  {what}", boot.elapsed().as_secs_f64());
+        println!("hotplug: {s}");
+        s
+    };
+    while !(eof.0 && eof.1) {
+        let left = guest_deadline.saturating_duration_since(Instant::now());
+        let msg = rx.recv_timeout(left).unwrap_or_else(|e| {
+            panic!("guests still running after {GUEST_TIMEOUT_SECS} s + 30 s: {e}")
+        });
+        match msg {
+            ConsoleMsg::Line(Who::A, line) => {
+                if line.contains("HOTPLUG-WAIT add") {
+                    timings.push(stamp("guest A waits for the add"));
+                    a_waits_add = true;
+                } else if line.contains("HOTPLUG-WAIT resize") {
+                    timings.push(stamp("guest A waits for the resize"));
+                    // Both guests are running: both controllers connected.
+                    let list = ctl_json(&rpc, &["controller_list"]);
+                    for name in ["vm-a", "vm-b"] {
+                        let c = find_by(&list, "name", name.into());
+                        assert_eq!(
+                            c["connected"],
+                            serde_json::Value::Bool(true),
+                            "{name} not connected while its guest runs: {c}"
+                        );
+                    }
+                    assert_eq!(listed_luns(&list, "vm-a"), [0, 1]);
+                    assert_eq!(listed_luns(&list, "vm-b"), [0]);
+                    list_checked = true;
+                    // Guest A's dd and fio on LUN 1 went through the daemon.
+                    let stats = ctl_json(&rpc, &["stats"]);
+                    let c = find_by(&stats["controllers"], "name", "vm-a".into());
+                    let l = find_by(&c["luns"], "lun", 1.into());
+                    println!("stats of vm-a lun 1 before the resize: {l}");
+                    for k in ["reads", "writes", "read_bytes", "write_bytes"] {
+                        assert!(
+                            l[k].as_u64().unwrap_or(0) > 0,
+                            "stats: vm-a lun 1 {k} is not > 0 after the guest's dd and fio: {l}"
+                        );
+                    }
+                    // One CHECK CONDITION is expected: the new LUN's
+                    // power-on unit attention, taken by the kernel's scan.
+                    assert!(
+                        l["errors"].as_u64().is_some_and(|e| e <= 1),
+                        "stats: vm-a lun 1 errors (> 1: more than the power-on unit attention): {l}"
+                    );
+                    stats_checked = true;
+                    ctl(
+                        &rpc,
+                        &[
+                            "lun_resize",
+                            "--controller",
+                            "vm-a",
+                            "--lun",
+                            "1",
+                            "--size",
+                            "96M",
+                        ],
+                    );
+                    acted.push(("resize", Instant::now()));
+                    timings.push(stamp("ctl lun_resize vm-a 1 96M done"));
+                } else if line.contains("HOTPLUG-WAIT remove") {
+                    timings.push(stamp("guest A waits for the removal"));
+                    ctl(&rpc, &["lun_remove", "--controller", "vm-a", "--lun", "1"]);
+                    acted.push(("remove", Instant::now()));
+                    timings.push(stamp("ctl lun_remove vm-a 1 done"));
+                } else if line.contains("HOTPLUG-SEEN") {
+                    let step = line.split_whitespace().nth(1).unwrap_or("?").to_string();
+                    let since = acted
+                        .iter()
+                        .rev()
+                        .find(|(s, _)| *s == step)
+                        .map(|(_, t)| {
+                            format!(", {:.1} s after the ctl command", t.elapsed().as_secs_f64())
+                        })
+                        .unwrap_or_default();
+                    timings.push(stamp(&format!("guest A: {}{since}", line.trim())));
+                } else if line.contains("HOTPLUG-DONE") {
+                    timings.push(stamp("guest A done"));
+                    a_done = true;
+                    let list = ctl_json(&rpc, &["controller_list"]);
+                    assert_eq!(listed_luns(&list, "vm-a"), [0]);
+                }
+                console_a.push(line);
+            }
+            ConsoleMsg::Line(Who::B, line) => {
+                if line.contains("HOTPLUG-B-IO") {
+                    timings.push(stamp(&format!("guest B: {}", line.trim())));
+                    b_io_started = true;
+                }
+                console_b.push(line);
+            }
+            ConsoleMsg::Eof(who) => {
+                timings.push(stamp(&format!("guest {who:?}: console closed")));
+                match who {
+                    Who::A => eof.0 = true,
+                    Who::B => {
+                        eof.1 = true;
+                        b_io_started = true;
+                    }
+                }
+            }
+        }
+        // Add only once guest B does I/O, so that it runs all along.
+        if a_waits_add && b_io_started && !added {
+            ctl(
+                &rpc,
+                &[
+                    "lun_add",
+                    "--controller",
+                    "vm-a",
+                    "--path",
+                    img_a1.to_str().unwrap(),
+                    "--lun",
+                    "1",
+                    "--serial",
+                    "hp-a1",
+                ],
+            );
+            acted.push(("add", Instant::now()));
+            timings.push(stamp("ctl lun_add vm-a 1 done"));
+            added = true;
+        }
+        // Guest A finished (or failed): stop guest B's I/O rounds.
+        if !stopped_b && !eof.1 && (a_done || eof.0) {
+            ctl(
+                &rpc,
+                &[
+                    "lun_add",
+                    "--controller",
+                    "vm-b",
+                    "--path",
+                    img_b1.to_str().unwrap(),
+                    "--lun",
+                    "1",
+                    "--serial",
+                    "hp-b1",
+                ],
+            );
+            timings.push(stamp("ctl lun_add vm-b 1 (guest B's stop signal) done"));
+            stopped_b = true;
+        }
+    }
+    let st_a = guest_a.wait();
+    let st_b = guest_b.wait();
+    let both = boot.elapsed();
+    for (g, console, st) in [(&guest_a, &console_a, st_a), (&guest_b, &console_b, st_b)] {
+        println!(
+            "----- {}: guest console -----\n{}",
+            g.name,
+            console.join("\n")
+        );
+        println!(
+            "----- {}: run-guest.sh stderr -----\n{}",
+            g.name,
+            g.stderr_text()
+        );
+        println!("----- {}: {st}", g.name);
+    }
+    println!("----- daemon log -----\n{}", daemon.log_text());
+    for (g, console, st) in [(&guest_a, &console_a, st_a), (&guest_b, &console_b, st_b)] {
+        let fails: Vec<&String> = console.iter().filter(|l| l.contains("FAIL:")).collect();
+        assert!(
+            st.success(),
+            "{}: guest run failed ({}), log {}: {fails:?}",
+            g.name,
+            describe(st),
+            g.log.display()
+        );
+        assert!(
+            console.iter().any(|l| l.contains("SUMMARY:")),
+            "{}: no SUMMARY line",
+            g.name
+        );
+        assert!(
+            fails.is_empty(),
+            "{}: exit 0 but FAIL lines: {fails:?}",
+            g.name
+        );
+    }
+    assert!(
+        added && list_checked && stats_checked,
+        "not every hotplug step ran"
+    );
+    assert!(a_done, "guest A did not finish its hotplug steps");
+    daemon.assert_running("after the guests shut down");
+
+    // The backing files hold what the guests wrote; LUN 1 grew to 96 MiB.
+    check_pattern(&img_a1, HP_SEED_A, &HP_DD_NEW);
+    check_pattern(&img_a1, HP_SEED_A, &HP_DD_GROWN);
+    check_pattern(&img_a0, HP_SEED_A, &HP_DD_BASE_A);
+    check_pattern(&img_b0, HP_SEED_B, &HP_DD_BASE_B);
+    assert_eq!(fs::metadata(&img_a1).unwrap().len(), HP_RESIZED);
+
+    let st = daemon.terminate();
+    assert!(
+        st.success(),
+        "daemon exited {st} after SIGTERM; log:\n{}",
+        daemon.log_text()
+    );
+    for s in [&sock_a, &sock_b, &rpc] {
+        assert!(
+            !s.exists(),
+            "daemon left {} behind after SIGTERM",
+            s.display()
+        );
+    }
+    for t in &timings {
+        println!("guest_e2e_hotplug {t}");
+    }
+    println!(
+        "guest_e2e_hotplug: both guests {:.1} s, total {:.1} s",
+        both.as_secs_f64(),
+        t0.elapsed().as_secs_f64()
+    );
 }

@@ -105,7 +105,14 @@ fn run_serve(args: &ServeArgs) -> anyhow::Result<()> {
         .map(|a| a.parse())
         .transpose()
         .context("--metrics-addr")?;
-    let pr_state = args.pr_state.clone().or(file.pr_state.clone());
+    // Name where the directory came from, so an error points at it.
+    let pr_state = match (&args.pr_state, &file.pr_state, &args.config) {
+        (Some(dir), _, _) => Some((dir.clone(), "--pr-state".to_string())),
+        (None, Some(dir), Some(path)) => {
+            Some((dir.clone(), format!("{}: pr_state", path.display())))
+        }
+        _ => None,
+    };
     let mut list: Vec<_> = file
         .controllers
         .into_iter()
@@ -123,8 +130,8 @@ fn run_serve(args: &ServeArgs) -> anyhow::Result<()> {
         );
     }
     let pr_store: Option<Arc<dyn PrStore>> = match &pr_state {
-        Some(dir) => Some(Arc::new(
-            DirPrStore::new(dir).with_context(|| format!("pr_state {}", dir.display()))?,
+        Some((dir, origin)) => Some(Arc::new(
+            DirPrStore::new(dir).with_context(|| format!("{origin} {}", dir.display()))?,
         )),
         None => None,
     };

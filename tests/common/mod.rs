@@ -59,6 +59,81 @@ impl Daemon {
         }
     }
 
+    /// Start `serve` with exactly `args` (paths in them may use the temp
+    /// dir given to `setup`) and wait until `wait_for` (a path in the temp
+    /// dir: the RPC or a controller socket) exists. `socket` is set to
+    /// `wait_for`.
+    pub fn start_with(setup: impl FnOnce(&Path) -> Vec<String>, wait_for: &str) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let args = setup(dir.path());
+        let socket = dir.path().join(wait_for);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vhost-user-scsi"));
+        cmd.arg("serve").args(&args);
+        let log = fs::File::create(dir.path().join("daemon.log")).unwrap();
+        cmd.stderr(Stdio::from(log)).env("RUST_LOG", "debug");
+        let child = cmd.spawn().unwrap();
+        let mut d = Daemon {
+            child: Some(child),
+            socket,
+            dir,
+        };
+        d.wait_for_path(&d.socket.clone());
+        d
+    }
+
+    /// Start `serve --rpc-socket DIR/rpc.sock` plus `extra`, with no
+    /// controller yet; `socket` is the RPC socket.
+    pub fn start_rpc(extra: &[&str]) -> Daemon {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Daemon::start_with(
+            |dir| {
+                let mut a = vec![
+                    "--rpc-socket".to_string(),
+                    dir.join("rpc.sock").display().to_string(),
+                ];
+                a.extend(extra);
+                a
+            },
+            "rpc.sock",
+        )
+    }
+
+    /// Wait (10 s at most) until `path` exists; panics with the log if the
+    /// daemon exits first.
+    pub fn wait_for_path(&mut self, path: &Path) {
+        let start = Instant::now();
+        while !path.exists() {
+            if let Some(st) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                panic!("daemon exited early ({st}): {}", self.log());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "no {}:\n{}",
+                path.display(),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// A JSON-RPC client on `DIR/rpc.sock`.
+    pub fn rpc(&self) -> vhost_user_scsi::mgmt::rpc_client::RpcClient {
+        vhost_user_scsi::mgmt::rpc_client::RpcClient::connect(self.path("rpc.sock"))
+            .unwrap_or_else(|e| panic!("rpc connect: {e}\n{}", self.log()))
+    }
+
+    /// Connect a frontend to the controller socket `name` in the temp dir
+    /// (LUN unit attentions consumed, as `connect`).
+    pub fn connect_to(&self, name: &str, request_queues: u16) -> ScsiFrontend {
+        let mut cfg = FrontendConfig::new(self.path(name));
+        cfg.request_queues = request_queues;
+        cfg.timeout = Duration::from_secs(20);
+        let fe = ScsiFrontend::connect(&cfg)
+            .unwrap_or_else(|e| panic!("connect {name}: {e}\n{}", self.log()));
+        settle(&fe, 0..=8);
+        fe
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }

@@ -245,24 +245,13 @@ fn pr_out(
     sa_key: u64,
     aptpl: bool,
 ) -> (u8, Option<(u8, u8, u8)>) {
-    let mut c = [0u8; 10];
-    c[0] = 0x5f;
-    c[1] = sa;
-    c[2] = prtype;
-    c[8] = 24;
-    let mut p = vec![0u8; 24];
-    p[0..8].copy_from_slice(&key.to_be_bytes());
-    p[8..16].copy_from_slice(&sa_key.to_be_bytes());
-    p[20] = u8::from(aptpl);
+    let (c, p) = common::pr_out_cdb(sa, prtype, key, sa_key, aptpl);
     let r = fe.command(0, 0, &c, DataDir::ToDevice(&p)).unwrap();
     (r.status, r.sense_key())
 }
 
 fn pr_in(fe: &ScsiFrontend, sa: u8) -> Vec<u8> {
-    let mut c = [0u8; 10];
-    c[0] = 0x5e;
-    c[1] = sa;
-    c[8] = 255;
+    let c = common::pr_in_cdb(sa, 255);
     let r = fe.command(0, 0, &c, DataDir::FromDevice(255)).unwrap();
     assert_eq!(r.status, GOOD, "{:?}", r.sense_key());
     r.data_in().to_vec()

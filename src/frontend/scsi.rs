@@ -944,6 +944,15 @@ impl ScsiFrontend {
         Ok(())
     }
 
+    /// Put `n` more buffers on the event queue (a guest that connected
+    /// with `event_buffers = 0`, or one that refills late).
+    pub fn post_event_buffers(&self, n: u16) -> Result<()> {
+        for _ in 0..n {
+            self.post_event_buffer()?;
+        }
+        Ok(())
+    }
+
     /// Wait up to `timeout` for events; every consumed buffer is replaced.
     pub fn poll_events(&self, timeout: Duration) -> Result<Vec<Event>> {
         let mut out = Vec::new();

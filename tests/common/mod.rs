@@ -227,3 +227,30 @@ pub fn pattern(lba: u64, gen: u8, len: usize) -> Vec<u8> {
         })
         .collect()
 }
+
+/// PERSISTENT RESERVE OUT (SPC-5 6.17) with its 24-byte parameter list:
+/// service action `sa` (0 REGISTER, 1 RESERVE, 2 RELEASE, 3 CLEAR...),
+/// type `prtype` (1 Write Exclusive...), reservation key `key`, service
+/// action key `sa_key`, APTPL. Returns the CDB and the parameter list.
+pub fn pr_out_cdb(sa: u8, prtype: u8, key: u64, sa_key: u64, aptpl: bool) -> ([u8; 10], Vec<u8>) {
+    let mut c = [0u8; 10];
+    c[0] = 0x5f;
+    c[1] = sa;
+    c[2] = prtype;
+    c[8] = 24;
+    let mut p = vec![0u8; 24];
+    p[0..8].copy_from_slice(&key.to_be_bytes());
+    p[8..16].copy_from_slice(&sa_key.to_be_bytes());
+    p[20] = u8::from(aptpl);
+    (c, p)
+}
+
+/// PERSISTENT RESERVE IN (SPC-5 6.16) service action `sa` (0 READ KEYS,
+/// 1 READ RESERVATION) with an allocation length of `alloc` bytes.
+pub fn pr_in_cdb(sa: u8, alloc: u16) -> [u8; 10] {
+    let mut c = [0u8; 10];
+    c[0] = 0x5e;
+    c[1] = sa;
+    c[7..9].copy_from_slice(&alloc.to_be_bytes());
+    c
+}

@@ -149,6 +149,27 @@ fn names(list: &Value) -> Vec<String> {
     v
 }
 
+/// A client on the socket `path`, which has just appeared: a listener's
+/// file exists a moment before it listens (bind, then listen), so a
+/// refused connection is retried for a while.
+fn connect(path: &Path) -> RpcClient {
+    let start = Instant::now();
+    loop {
+        match RpcClient::connect(path) {
+            Ok(c) => return c,
+            Err(ClientError::NotRunning { .. }) if start.elapsed() < Duration::from_secs(10) => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => panic!("rpc connect {}: {e}", path.display()),
+        }
+    }
+}
+
+/// A client on the daemon's `rpc.sock`.
+fn rpc_of(d: &Daemon) -> RpcClient {
+    connect(&d.path("rpc.sock"))
+}
+
 #[test]
 fn bad_inputs_are_refused_and_change_nothing() {
     let d = Daemon::start_rpc(&[]);
@@ -157,7 +178,7 @@ fn bad_inputs_are_refused_and_change_nothing() {
     let empty = image(d.dir.path(), "empty.img", 0);
     let odd = image(d.dir.path(), "odd.img", 1000);
     let vm1 = d.path("vm1.sock");
-    let mut rpc = d.rpc();
+    let mut rpc = rpc_of(&d);
     rpc.call(
         "controller_create",
         Some(json!({"name": "vm1", "socket": vm1, "num_queues": 2})),
@@ -437,7 +458,7 @@ fn concurrent_clients() {
                 let d = &d;
                 let barrier = &barrier;
                 sc.spawn(move || {
-                    let mut rpc = d.rpc();
+                    let mut rpc = rpc_of(d);
                     let img = d.path(&format!("t{t}.img"));
                     for i in 0..ROUNDS {
                         let name = format!("t{t}-{i}");
@@ -498,7 +519,7 @@ fn concurrent_clients() {
         assert!(e.message.contains("same"), "{e:?}");
     }
     assert!(d.alive(), "{}", d.log());
-    let list = d.rpc().call("controller_list", None).unwrap();
+    let list = rpc_of(&d).call("controller_list", None).unwrap();
     assert_eq!(names(&list), ["same"], "{list}");
     assert_eq!(d.stop(), Some(0));
 }
@@ -529,9 +550,34 @@ fn rpc_socket_is_private_and_exclusive() {
 
     // The first one is untouched.
     assert!(d.alive());
-    let v = d.rpc().call("version", None).unwrap();
+    let v = rpc_of(&d).call("version", None).unwrap();
     assert_eq!(v["name"], "vhost-user-scsi");
-    assert_eq!(d.stop(), Some(0));
+
+    // A file that is not a socket is refused and left alone.
+    let plain = dir.path().join("plain");
+    fs::write(&plain, b"x").unwrap();
+    let out = run(&["serve", "--rpc-socket", s(&plain)]);
+    assert_one_line_failure(&out, "plain file", &[s(&plain), "not a socket"]);
+    assert_eq!(fs::read(&plain).unwrap(), b"x");
+
+    // The socket of a killed daemon is stale: the next one replaces it.
+    let mut child = d.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(rpc_path.exists());
+    let mut d2 = Daemon::start_with(
+        |_| vec!["--rpc-socket".into(), rpc_path.display().to_string()],
+        s(&rpc_path),
+    );
+    let mut answered = false;
+    wait_until("the new daemon answers on the old path", || {
+        answered = RpcClient::connect(&rpc_path)
+            .and_then(|mut c| c.call("version", None))
+            .is_ok();
+        answered || !d2.alive()
+    });
+    assert!(answered, "{}", d2.log());
+    assert_eq!(d2.stop(), Some(0));
     assert!(!rpc_path.exists());
 }
 
@@ -578,8 +624,7 @@ fn example_config_starts() {
         },
         "run/rpc.sock",
     );
-    let list = RpcClient::connect(d.path("run/rpc.sock"))
-        .unwrap()
+    let list = connect(&d.path("run/rpc.sock"))
         .call("controller_list", None)
         .unwrap();
     assert_eq!(names(&list), ["vm1", "vm2"], "{list}");
@@ -726,7 +771,7 @@ fn sample(body: &str, metric: &str, controller: &str) -> Option<f64> {
 /// `scrape` reports it.
 fn metrics_follow_io(d: &Daemon, scrape: impl Fn() -> String) {
     let img = image(d.dir.path(), "m.img", IMG);
-    let mut rpc = d.rpc();
+    let mut rpc = rpc_of(d);
     rpc.call(
         "controller_create",
         Some(json!({"name": "m", "socket": d.path("m.sock"), "num_queues": 1})),
@@ -859,7 +904,7 @@ fn writer(fe: ScsiFrontend, gen: u8, acked: &AtomicUsize, stop: &AtomicBool) -> 
 #[test]
 fn sigterm_drains_and_cleans_up() {
     let mut d = Daemon::start_rpc(&[]);
-    let mut rpc = d.rpc();
+    let mut rpc = rpc_of(&d);
     let mut imgs = Vec::new();
     let mut socks = Vec::new();
     for c in ["c1", "c2"] {
@@ -1014,5 +1059,76 @@ fn ctl_against_the_daemon() {
     let out = ctl_ok(&rpc, &["controller_delete", "--name", "c1", "--force"]);
     assert!(out.contains("controller c1 deleted"), "{out}");
     assert!(!sock.exists());
+
+    // `ctl shutdown` stops the daemon as SIGTERM does.
+    let out = ctl_ok(&rpc, &["shutdown"]);
+    assert!(out.contains("shutting down"), "{out}");
+    let mut status = None;
+    wait_until("the daemon exits after shutdown", || {
+        status = d.child.as_mut().unwrap().try_wait().unwrap();
+        status.is_some()
+    });
+    assert_eq!(status.unwrap().code(), Some(0), "{}", d.log());
+    assert!(!rpc.exists(), "the RPC socket is left behind");
+}
+
+#[test]
+fn failed_start_leaves_no_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path(), "a.img", IMG);
+    let rpc = dir.path().join("rpc.sock");
+    let metrics = dir.path().join("metrics.sock");
+    // The metrics port is taken: fails after the RPC socket is bound.
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = run(&["serve", "--rpc-socket", s(&rpc), "--metrics-addr", &addr]);
+    assert_one_line_failure(&out, "metrics port taken", &["metrics", &addr]);
+    assert!(!rpc.exists(), "metrics port taken: the RPC socket is left");
+    // A controller socket that cannot be bound (no such directory): fails
+    // after the RPC and metrics sockets are bound.
+    let ctrl = dir.path().join("nodir/c.sock");
+    let out = run(&[
+        "serve",
+        "--rpc-socket",
+        s(&rpc),
+        "--metrics-addr",
+        &format!("unix:{}", metrics.display()),
+        "--socket",
+        s(&ctrl),
+        "--disk",
+        s(&img),
+    ]);
+    // (The metrics server was already up and said so: only the error line
+    // is checked here.)
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("vhost-user-scsi: error: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains(s(&ctrl)), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!rpc.exists(), "controller bind: the RPC socket is left");
+    assert!(
+        !metrics.exists(),
+        "controller bind: the metrics socket is left"
+    );
+    // A command-line --rpc-socket wins over the file's.
+    let file_rpc = dir.path().join("file-rpc.sock");
+    let cfg = dir.path().join("c.toml");
+    fs::write(&cfg, format!("rpc_socket = \"{}\"\n", file_rpc.display())).unwrap();
+    let mut d = Daemon::start_with(
+        |d| {
+            vec![
+                "--config".into(),
+                cfg.display().to_string(),
+                "--rpc-socket".into(),
+                d.join("rpc.sock").display().to_string(),
+            ]
+        },
+        "rpc.sock",
+    );
+    assert!(!file_rpc.exists(), "the file's rpc_socket was used");
     assert_eq!(d.stop(), Some(0));
 }

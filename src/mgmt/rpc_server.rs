@@ -73,10 +73,12 @@ pub enum RpcServerError {
     Bind { path: PathBuf, source: io::Error },
 }
 
-/// A bound, not yet serving, management socket.
+/// A bound, not yet serving, management socket. Dropped without
+/// [`RpcServer::spawn`] (the daemon failed to start), it removes its file.
 #[derive(Debug)]
 pub struct RpcServer {
-    listener: UnixListener,
+    /// `None` once [`RpcServer::spawn`] took it.
+    listener: Option<UnixListener>,
     path: PathBuf,
     /// Inode of the socket file we created: [`RpcHandle::stop`] removes
     /// the file only if it is still ours.
@@ -136,7 +138,7 @@ impl RpcServer {
         };
         match set_up() {
             Ok(ino) => Ok(RpcServer {
-                listener,
+                listener: Some(listener),
                 path: path.to_owned(),
                 ino,
             }),
@@ -152,24 +154,30 @@ impl RpcServer {
     }
 
     /// Serve calls to `api` until [`RpcHandle::stop`] (or drop).
-    pub fn spawn(self, api: Arc<dyn Api>) -> io::Result<RpcHandle> {
+    pub fn spawn(mut self, api: Arc<dyn Api>) -> io::Result<RpcHandle> {
         let wake = EventFd::new(EFD_NONBLOCK)?;
         let shared = Arc::new(Shared {
             api,
             conns: Mutex::new(Conns::default()),
             idle: Condvar::new(),
         });
-        let RpcServer {
-            listener,
-            path,
-            ino,
-        } = self;
+        let thread_wake = wake.try_clone()?;
+        let Some(listener) = self.listener.take() else {
+            return Err(io::Error::other("the rpc socket is already served"));
+        };
+        let (path, ino) = (self.path.clone(), self.ino);
         let thread = {
-            let wake = wake.try_clone()?;
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name("rpc-accept".into())
-                .spawn(move || accept_loop(&listener, &wake, &shared))?
+                .spawn(move || accept_loop(&listener, &thread_wake, &shared))
+        };
+        let thread = match thread {
+            Ok(t) => t,
+            Err(e) => {
+                remove_if_ours(&path, ino);
+                return Err(e);
+            }
         };
         tracing::info!(path = %path.display(), "rpc socket listening");
         Ok(RpcHandle {
@@ -179,6 +187,24 @@ impl RpcServer {
             shared,
             thread: Some(thread),
         })
+    }
+}
+
+impl Drop for RpcServer {
+    fn drop(&mut self) {
+        if self.listener.take().is_some() {
+            remove_if_ours(&self.path, self.ino);
+        }
+    }
+}
+
+/// Remove the socket file `path` if it is still the one we created (inode
+/// `ino`): another daemon may have replaced it meanwhile.
+fn remove_if_ours(path: &Path, ino: u64) {
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.ino() == ino) {
+        if let Err(e) = std::fs::remove_file(path) {
+            tracing::warn!(path = %path.display(), "cannot remove the rpc socket: {e}");
+        }
     }
 }
 
@@ -212,11 +238,7 @@ impl RpcHandle {
         if thread.join().is_err() {
             tracing::warn!("the rpc accept thread panicked");
         }
-        if std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.ino() == self.ino) {
-            if let Err(e) = std::fs::remove_file(&self.path) {
-                tracing::warn!(path = %self.path.display(), "cannot remove the rpc socket: {e}");
-            }
-        }
+        remove_if_ours(&self.path, self.ino);
         // Readers see end of file; a call in progress still writes its
         // answer, then its thread finds the end and exits.
         let mut conns = self.shared.lock();

@@ -530,6 +530,8 @@ fn rpc_socket_is_private_and_exclusive() {
     let rpc_path = d.path("rpc.sock");
     let mode = fs::metadata(&rpc_path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "rpc socket mode {mode:o}");
+    // Serving (not only bound) before the second daemon looks at it.
+    rpc_of(&d).call("version", None).unwrap();
 
     // A second daemon on the same RPC socket fails before listening
     // anywhere.
@@ -545,7 +547,7 @@ fn rpc_socket_is_private_and_exclusive() {
         "--disk",
         s(&img),
     ]);
-    assert_one_line_failure(&out, "second daemon", &[s(&rpc_path)]);
+    assert_one_line_failure(&out, "second daemon", &[s(&rpc_path), "live process"]);
     assert!(!ctrl.exists(), "the second daemon listened on its --socket");
 
     // The first one is untouched.
@@ -829,6 +831,9 @@ fn metrics_over_a_unix_socket() {
     let path = d.path("metrics.sock");
     d.wait_for_path(&path);
     metrics_follow_io(&d, || scrape(UnixStream::connect(&path).unwrap()));
+    // (Checked once it served: the daemon sets the mode just after bind.)
+    let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "metrics socket mode {mode:o}");
     assert_eq!(d.stop(), Some(0));
     assert!(!path.exists(), "the metrics socket is left behind");
 }

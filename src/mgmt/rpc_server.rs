@@ -125,27 +125,44 @@ impl RpcServer {
                 .create(dir)
                 .map_err(bind_err)?;
         }
+        // bind(2) creates the file before listen(2): a client that sees it
+        // in between is refused. So the socket is bound under a temporary
+        // name and linked into place once it listens (in place only if that
+        // name is too long for a socket address).
+        let tmp = temp_name(path);
+        let _ = std::fs::remove_file(&tmp);
         // The socket is created with mode 0777 & !umask: no window in which
         // others may connect. umask is per process, so restore it at once.
         let old = umask(Mode::from_bits_truncate(0o177));
-        let bound = UnixListener::bind(path);
+        let mut at: &Path = &tmp;
+        let mut bound = UnixListener::bind(at);
+        if matches!(&bound, Err(e) if e.kind() == io::ErrorKind::InvalidInput) {
+            at = path;
+            bound = UnixListener::bind(at);
+        }
         umask(old);
         let listener = bound.map_err(bind_err)?;
         let set_up = || -> io::Result<u64> {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+            std::fs::set_permissions(at, std::fs::Permissions::from_mode(0o600))?;
             listener.set_nonblocking(true)?;
-            Ok(std::fs::symlink_metadata(path)?.ino())
+            let ino = std::fs::symlink_metadata(at)?.ino();
+            if at != path {
+                // Fails if the path was taken meanwhile, as bind(2) would.
+                std::fs::hard_link(at, path)?;
+            }
+            Ok(ino)
         };
-        match set_up() {
+        let result = set_up();
+        if at != path || result.is_err() {
+            let _ = std::fs::remove_file(at);
+        }
+        match result {
             Ok(ino) => Ok(RpcServer {
                 listener: Some(listener),
                 path: path.to_owned(),
                 ino,
             }),
-            Err(e) => {
-                let _ = std::fs::remove_file(path);
-                Err(bind_err(e))
-            }
+            Err(e) => Err(bind_err(e)),
         }
     }
 
@@ -200,6 +217,13 @@ impl Drop for RpcServer {
 
 /// Remove the socket file `path` if it is still the one we created (inode
 /// `ino`): another daemon may have replaced it meanwhile.
+/// Where [`RpcServer::bind`] binds before linking the socket to `path`:
+/// `.NAME.PID` beside it (only this process can have left one behind).
+fn temp_name(path: &Path) -> PathBuf {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    path.with_file_name(format!(".{name}.{}", std::process::id()))
+}
+
 fn remove_if_ours(path: &Path, ino: u64) {
     if std::fs::symlink_metadata(path).is_ok_and(|m| m.ino() == ino) {
         if let Err(e) = std::fs::remove_file(path) {

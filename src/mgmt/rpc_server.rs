@@ -215,8 +215,6 @@ impl Drop for RpcServer {
     }
 }
 
-/// Remove the socket file `path` if it is still the one we created (inode
-/// `ino`): another daemon may have replaced it meanwhile.
 /// Where [`RpcServer::bind`] binds before linking the socket to `path`:
 /// `.NAME.PID` beside it (only this process can have left one behind).
 fn temp_name(path: &Path) -> PathBuf {
@@ -224,6 +222,8 @@ fn temp_name(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.{}", std::process::id()))
 }
 
+/// Remove the socket file `path` if it is still the one we created (inode
+/// `ino`): another daemon may have replaced it meanwhile.
 fn remove_if_ours(path: &Path, ino: u64) {
     if std::fs::symlink_metadata(path).is_ok_and(|m| m.ino() == ino) {
         if let Err(e) = std::fs::remove_file(path) {

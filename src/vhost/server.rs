@@ -197,12 +197,15 @@ pub fn serve(
             h.register_listener(ring, EventSet::IN, backend.completion_token())?;
             h.register_listener(slow, EventSet::IN, backend.slow_token())?;
         }
-        daemon
-            .start(&mut listener)
-            .map_err(|e| ServeError::Daemon(e.to_string()))?;
+        // The event queue knows the guest before its handshake starts: a
+        // kick on the event queue that came before `connect` would be lost.
+        device.events.connect(mem.clone());
+        if let Err(e) = daemon.start(&mut listener) {
+            device.events.disconnect();
+            return Err(ServeError::Daemon(e.to_string()));
+        }
         tracing::info!(socket = %config.socket.display(), "frontend connected");
         server.connections.fetch_add(1, Ordering::Relaxed);
-        device.events.connect(mem.clone());
         *server.current() = Some(backend.clone());
         shutdown.set_current(daemon.shutdown_handle());
         if shutdown.is_requested() {

@@ -684,6 +684,11 @@ impl Engine {
         !self.st.ready.is_empty() || !self.ring.completion().is_empty()
     }
 
+    /// Ops in the submission queue, not yet handed to the kernel.
+    pub fn queued(&mut self) -> usize {
+        self.ring.submission().len()
+    }
+
     /// Ops pushed but not yet returned by [`Engine::reap`].
     pub fn in_flight(&self) -> usize {
         self.st.live + self.st.ready.len()

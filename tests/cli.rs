@@ -3,41 +3,13 @@
 
 use std::fs;
 use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_vhost-user-scsi"))
-}
+mod common;
 
-/// Run to completion; a daemon that starts serving instead of failing is
-/// killed after 20 s and the test fails.
-fn run(args: &[&str]) -> Output {
-    let mut child = bin()
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run the binary");
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > Duration::from_secs(20) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{args:?} did not exit");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.wait_with_output().unwrap()
-}
-
-fn image(dir: &Path, name: &str, len: u64) -> PathBuf {
-    let p = dir.join(name);
-    let f = fs::File::create(&p).unwrap();
-    f.set_len(len).unwrap();
-    p
-}
+use common::{bin, image, run};
 
 /// Exit code 1, exactly one line on stderr containing `needle`, and no
 /// socket left behind.

@@ -112,6 +112,18 @@ fn guest(
 }
 
 /// A guest on `ctrl` whose LUN 0 unit attentions are consumed.
+/// A daemon with controller `c` (one queue) serving `a.img` as LUN 0, and
+/// `b.img` made for a hot-attach.
+fn one_lun_and_a_spare() -> (Daemon, RpcClient, PathBuf) {
+    let d = Daemon::start_rpc(&[]);
+    let mut rpc = d.rpc();
+    let a = image(d.dir.path(), "a.img", 8 * MIB);
+    let b = image(d.dir.path(), "b.img", 8 * MIB);
+    create(&mut rpc, &d, "c", 1);
+    add_lun(&mut rpc, &d, "c", &a, 0);
+    (d, rpc, b)
+}
+
 fn settled_guest(d: &Daemon, ctrl: &str, queues: u16) -> ScsiFrontend {
     let fe = guest(d, ctrl, queues, |_| {});
     common::settle(&fe, [0]);
@@ -403,12 +415,7 @@ fn three_controllers_keep_their_own_data() {
 
 #[test]
 fn hotplug_add_resize_remove_seen_by_the_guest() {
-    let d = Daemon::start_rpc(&[]);
-    let mut rpc = d.rpc();
-    let a = image(d.dir.path(), "a.img", 8 * MIB);
-    let b = image(d.dir.path(), "b.img", 8 * MIB);
-    create(&mut rpc, &d, "c", 1);
-    add_lun(&mut rpc, &d, "c", &a, 0);
+    let (d, mut rpc, b) = one_lun_and_a_spare();
     let fe = settled_guest(&d, "c", 1);
     assert_eq!(report_luns(&fe, 0), [0]);
 
@@ -487,12 +494,7 @@ fn hotplug_add_resize_remove_seen_by_the_guest() {
 
 #[test]
 fn events_wait_for_buffers_and_overflow_is_flagged() {
-    let d = Daemon::start_rpc(&[]);
-    let mut rpc = d.rpc();
-    let a = image(d.dir.path(), "a.img", 8 * MIB);
-    let b = image(d.dir.path(), "b.img", 8 * MIB);
-    create(&mut rpc, &d, "c", 1);
-    add_lun(&mut rpc, &d, "c", &a, 0);
+    let (d, mut rpc, b) = one_lun_and_a_spare();
     let fe = guest(&d, "c", 1, |cfg| cfg.event_buffers = 0);
     common::settle(&fe, [0]);
 

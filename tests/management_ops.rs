@@ -13,47 +13,19 @@ use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use common::{image, pattern, Daemon};
+use common::{bin, image, pattern, run, Daemon};
 use vhost_user_scsi::frontend::{cdb, DataDir, ScsiFrontend, ScsiRequest};
 use vhost_user_scsi::mgmt::api::{code, ApiError};
 use vhost_user_scsi::mgmt::rpc_client::{ClientError, RpcClient};
 
 const IMG: u64 = 8 << 20;
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_vhost-user-scsi"))
-}
-
-/// Run the binary to completion (killed after 20 s: a daemon that serves
-/// instead of failing fails the test). No RUST_LOG, so stderr carries only
-/// what a user sees.
-fn run(args: &[&str]) -> Output {
-    let mut child = bin()
-        .args(args)
-        .env_remove("RUST_LOG")
-        .env_remove("VHOST_USER_SCSI_RPC")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run the binary");
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > Duration::from_secs(20) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{args:?} did not exit");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.wait_with_output().unwrap()
-}
 
 /// Exit code 1, exactly one line on stderr containing every needle.
 fn assert_one_line_failure(out: &Output, what: &str, needles: &[&str]) -> String {

@@ -254,3 +254,32 @@ pub fn pr_in_cdb(sa: u8, alloc: u16) -> [u8; 10] {
     c[7..9].copy_from_slice(&alloc.to_be_bytes());
     c
 }
+
+/// The daemon binary, as a command to run.
+pub fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_vhost-user-scsi"))
+}
+
+/// Run the binary to completion (killed after 20 s: a daemon that serves
+/// instead of failing fails the test). No RUST_LOG, so stderr carries only
+/// what a user sees.
+pub fn run(args: &[&str]) -> std::process::Output {
+    let mut child = bin()
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("VHOST_USER_SCSI_RPC")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the binary");
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{args:?} did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}

@@ -6,6 +6,8 @@
 //! - [`scsi`]: a transport-independent SCSI target (CDB decoding, emulation, sense).
 //! - [`block`]: backing devices and the io_uring engine.
 //! - [`units`]: newtypes for blocks and bytes, shared by `scsi` and `block`.
+//! - [`unix_socket`]: listening sockets that appear only once they listen
+//!   (the vhost-user and management sockets).
 //!
 //! [`frontend`] is a vhost-user *frontend* (QEMU's side) used by the host
 //! integration tests and the benchmark; [`cli`] is the command line.
@@ -17,5 +19,6 @@ pub mod frontend;
 pub mod mgmt;
 pub mod scsi;
 pub mod units;
+pub mod unix_socket;
 pub mod vhost;
 pub mod virtio_scsi;

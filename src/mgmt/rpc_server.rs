@@ -28,7 +28,7 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::io::{self, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -37,12 +37,12 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use nix::sys::stat::{umask, Mode};
 use serde_json::{json, Value};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::api::{code, Api, ApiError};
 use super::dispatch::dispatch;
+use crate::unix_socket::{listen_at, remove_if_ours};
 
 /// Where `serve` listens and `ctl` connects unless told otherwise.
 pub const DEFAULT_RPC_SOCKET: &str = "/run/vhost-user-scsi/rpc.sock";
@@ -125,45 +125,18 @@ impl RpcServer {
                 .create(dir)
                 .map_err(bind_err)?;
         }
-        // bind(2) creates the file before listen(2): a client that sees it
-        // in between is refused. So the socket is bound under a temporary
-        // name and linked into place once it listens (in place only if that
-        // name is too long for a socket address).
-        let tmp = temp_name(path);
-        let _ = std::fs::remove_file(&tmp);
-        // The socket is created with mode 0777 & !umask: no window in which
-        // others may connect. umask is per process, so restore it at once.
-        let old = umask(Mode::from_bits_truncate(0o177));
-        let mut at: &Path = &tmp;
-        let mut bound = UnixListener::bind(at);
-        if matches!(&bound, Err(e) if e.kind() == io::ErrorKind::InvalidInput) {
-            at = path;
-            bound = UnixListener::bind(at);
+        // The socket has mode 0600 from its creation, and appears only once
+        // it listens.
+        let (listener, ino) = listen_at(path, Some(0o600)).map_err(bind_err)?;
+        if let Err(e) = listener.set_nonblocking(true) {
+            remove_if_ours(path, ino);
+            return Err(bind_err(e));
         }
-        umask(old);
-        let listener = bound.map_err(bind_err)?;
-        let set_up = || -> io::Result<u64> {
-            std::fs::set_permissions(at, std::fs::Permissions::from_mode(0o600))?;
-            listener.set_nonblocking(true)?;
-            let ino = std::fs::symlink_metadata(at)?.ino();
-            if at != path {
-                // Fails if the path was taken meanwhile, as bind(2) would.
-                std::fs::hard_link(at, path)?;
-            }
-            Ok(ino)
-        };
-        let result = set_up();
-        if at != path || result.is_err() {
-            let _ = std::fs::remove_file(at);
-        }
-        match result {
-            Ok(ino) => Ok(RpcServer {
-                listener: Some(listener),
-                path: path.to_owned(),
-                ino,
-            }),
-            Err(e) => Err(bind_err(e)),
-        }
+        Ok(RpcServer {
+            listener: Some(listener),
+            path: path.to_owned(),
+            ino,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -211,23 +184,6 @@ impl Drop for RpcServer {
     fn drop(&mut self) {
         if self.listener.take().is_some() {
             remove_if_ours(&self.path, self.ino);
-        }
-    }
-}
-
-/// Where [`RpcServer::bind`] binds before linking the socket to `path`:
-/// `.NAME.PID` beside it (only this process can have left one behind).
-fn temp_name(path: &Path) -> PathBuf {
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    path.with_file_name(format!(".{name}.{}", std::process::id()))
-}
-
-/// Remove the socket file `path` if it is still the one we created (inode
-/// `ino`): another daemon may have replaced it meanwhile.
-fn remove_if_ours(path: &Path, ino: u64) {
-    if std::fs::symlink_metadata(path).is_ok_and(|m| m.ino() == ino) {
-        if let Err(e) = std::fs::remove_file(path) {
-            tracing::warn!(path = %path.display(), "cannot remove the rpc socket: {e}");
         }
     }
 }

@@ -21,6 +21,7 @@ use super::device::Device;
 use super::stats::QueueStats;
 use crate::block::BlockError;
 use crate::scsi::NexusId;
+use crate::unix_socket::{listen_at, remove_if_ours};
 
 /// What `serve` needs besides the device.
 #[derive(Clone, Debug)]
@@ -138,9 +139,28 @@ impl ServerState {
     }
 }
 
+/// A controller's listening vhost-user socket; its file is removed on drop
+/// (if it is still ours).
+pub struct SocketListener {
+    listener: Listener,
+    path: PathBuf,
+    ino: u64,
+}
+
+impl Drop for SocketListener {
+    fn drop(&mut self) {
+        remove_if_ours(&self.path, self.ino);
+    }
+}
+
 /// Bind the vhost-user socket, refusing a path that a live process serves
-/// (a stale socket file is replaced).
-pub fn bind(path: &Path) -> Result<Listener, ServeError> {
+/// (a stale socket file is replaced). The file appears only once the
+/// socket listens, so a frontend that waits for it is never refused.
+pub fn bind(path: &Path) -> Result<SocketListener, ServeError> {
+    let listen_err = |e: io::Error| ServeError::Listen {
+        path: path.to_owned(),
+        source: vhost::vhost_user::Error::SocketError(e),
+    };
     match std::fs::symlink_metadata(path) {
         Ok(meta) if !meta.file_type().is_socket() => {
             return Err(ServeError::NotASocket(path.to_owned()))
@@ -149,12 +169,15 @@ pub fn bind(path: &Path) -> Result<Listener, ServeError> {
             if UnixStream::connect(path).is_ok() {
                 return Err(ServeError::SocketInUse(path.to_owned()));
             }
+            std::fs::remove_file(path).map_err(listen_err)?;
         }
         Err(_) => {}
     }
-    Listener::new(path, true).map_err(|source| ServeError::Listen {
+    let (listener, ino) = listen_at(path, None).map_err(listen_err)?;
+    Ok(SocketListener {
+        listener: Listener::from(listener),
         path: path.to_owned(),
-        source,
+        ino,
     })
 }
 
@@ -163,12 +186,12 @@ pub fn bind(path: &Path) -> Result<Listener, ServeError> {
 pub fn serve(
     device: Arc<Device>,
     config: &ServerConfig,
-    mut listener: Listener,
+    mut listener: SocketListener,
     shutdown: &ShutdownSignal,
     server: &ServerState,
 ) -> Result<(), ServeError> {
     tracing::info!(socket = %config.socket.display(), queues = config.request_queues, "listening");
-    while wait_for_connection(listener.as_raw_fd(), shutdown.wake.as_raw_fd())? {
+    while wait_for_connection(listener.listener.as_raw_fd(), shutdown.wake.as_raw_fd())? {
         if shutdown.is_requested() {
             break;
         }
@@ -200,7 +223,7 @@ pub fn serve(
         // The event queue knows the guest before its handshake starts: a
         // kick on the event queue that came before `connect` would be lost.
         device.events.connect(mem.clone());
-        if let Err(e) = daemon.start(&mut listener) {
+        if let Err(e) = daemon.start(&mut listener.listener) {
             device.events.disconnect();
             return Err(ServeError::Daemon(e.to_string()));
         }

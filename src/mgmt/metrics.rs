@@ -22,8 +22,8 @@
 use std::fmt;
 use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::AtomicU64;
@@ -38,6 +38,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use super::api::Stats;
+use crate::unix_socket::listen_at;
 
 /// Content type of the OpenMetrics text format that [`render`] produces.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -307,13 +308,9 @@ impl MetricsServer {
             }
             MetricsAddr::Unix(p) => {
                 remove_stale_socket(p)?;
-                let l = UnixListener::bind(p).map_err(listen_err)?;
-                let perms = std::fs::Permissions::from_mode(0o600);
-                if let Err(e) = std::fs::set_permissions(p, perms) {
-                    drop(l);
-                    let _ = std::fs::remove_file(p);
-                    return Err(listen_err(e));
-                }
+                // Mode 0600 from its creation; the file appears once it
+                // listens.
+                let (l, _ino) = listen_at(p, Some(0o600)).map_err(listen_err)?;
                 (tiny_http::Server::from_listener(l, None), Some(p.clone()))
             }
         };
@@ -444,6 +441,8 @@ mod tests {
     use super::*;
     use crate::mgmt::api::{ControllerStats, Latency, LunStats, QueueStats};
     use std::io::{Read, Write};
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::net::UnixListener;
 
     fn sample() -> Stats {
         Stats {

@@ -29,34 +29,21 @@ impl Daemon {
     /// Start `serve` with `disks` (specs, relative names resolved in the
     /// temp dir after `setup` created them) and extra args.
     pub fn start(setup: impl FnOnce(&Path) -> Vec<String>, extra: &[&str]) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
-        let disks = setup(dir.path());
-        let socket = dir.path().join("vus.sock");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vhost-user-scsi"));
-        cmd.arg("serve").arg("--socket").arg(&socket);
-        for d in &disks {
-            cmd.arg("--disk").arg(d);
-        }
-        cmd.args(extra);
-        let log = fs::File::create(dir.path().join("daemon.log")).unwrap();
-        cmd.stderr(Stdio::from(log)).env("RUST_LOG", "debug");
-        let mut child = cmd.spawn().unwrap();
-        let start = Instant::now();
-        while !socket.exists() {
-            if let Some(st) = child.try_wait().unwrap() {
-                panic!(
-                    "daemon exited early ({st}): {}",
-                    fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default()
-                );
-            }
-            assert!(start.elapsed() < Duration::from_secs(10), "no socket");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Daemon {
-            child: Some(child),
-            socket,
-            dir,
-        }
+        Daemon::start_with(
+            |dir| {
+                let mut a = vec![
+                    "--socket".to_string(),
+                    dir.join("vus.sock").display().to_string(),
+                ];
+                for d in setup(dir) {
+                    a.push("--disk".to_string());
+                    a.push(d);
+                }
+                a.extend(extra.iter().map(|s| s.to_string()));
+                a
+            },
+            "vus.sock",
+        )
     }
 
     /// Start `serve` with exactly `args` (paths in them may use the temp
@@ -67,7 +54,7 @@ impl Daemon {
         let dir = tempfile::tempdir().unwrap();
         let args = setup(dir.path());
         let socket = dir.path().join(wait_for);
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vhost-user-scsi"));
+        let mut cmd = bin();
         cmd.arg("serve").args(&args);
         let log = fs::File::create(dir.path().join("daemon.log")).unwrap();
         cmd.stderr(Stdio::from(log)).env("RUST_LOG", "debug");
@@ -125,11 +112,7 @@ impl Daemon {
     /// Connect a frontend to the controller socket `name` in the temp dir
     /// (LUN unit attentions consumed, as `connect`).
     pub fn connect_to(&self, name: &str, request_queues: u16) -> ScsiFrontend {
-        let mut cfg = FrontendConfig::new(self.path(name));
-        cfg.request_queues = request_queues;
-        cfg.timeout = Duration::from_secs(20);
-        let fe = ScsiFrontend::connect(&cfg)
-            .unwrap_or_else(|e| panic!("connect {name}: {e}\n{}", self.log()));
+        let fe = self.frontend_at(&self.path(name), request_queues);
         settle(&fe, 0..=8);
         fe
     }
@@ -152,16 +135,19 @@ impl Daemon {
 
     /// Connect without touching any LUN.
     pub fn connect_raw(&self, request_queues: u16) -> ScsiFrontend {
-        let mut cfg = FrontendConfig::new(&self.socket);
+        self.frontend_at(&self.socket, request_queues)
+    }
+
+    /// Connect to `socket` without touching any LUN.
+    fn frontend_at(&self, socket: &Path, request_queues: u16) -> ScsiFrontend {
+        let mut cfg = config_at(socket);
         cfg.request_queues = request_queues;
-        cfg.timeout = Duration::from_secs(20);
-        ScsiFrontend::connect(&cfg).unwrap_or_else(|e| panic!("connect: {e}\n{}", self.log()))
+        ScsiFrontend::connect(&cfg)
+            .unwrap_or_else(|e| panic!("connect {}: {e}\n{}", socket.display(), self.log()))
     }
 
     pub fn config(&self) -> FrontendConfig {
-        let mut cfg = FrontendConfig::new(&self.socket);
-        cfg.timeout = Duration::from_secs(20);
-        cfg
+        config_at(&self.socket)
     }
 
     /// True while the daemon process runs.
@@ -199,6 +185,13 @@ impl Drop for Daemon {
             let _ = c.wait();
         }
     }
+}
+
+/// A frontend configuration for `socket` with the tests' 20 s timeout.
+fn config_at(socket: &Path) -> FrontendConfig {
+    let mut cfg = FrontendConfig::new(socket);
+    cfg.timeout = Duration::from_secs(20);
+    cfg
 }
 
 /// TEST UNIT READY each LUN until it reports no unit attention.

@@ -103,15 +103,13 @@ fn guest(
     queues: u16,
     tweak: impl FnOnce(&mut FrontendConfig),
 ) -> ScsiFrontend {
-    let mut cfg = FrontendConfig::new(sock(d, ctrl));
+    let mut cfg = common::config_at(&sock(d, ctrl));
     cfg.request_queues = queues;
-    cfg.timeout = Duration::from_secs(20);
     cfg.extra_features = F_HOTPLUG | F_CHANGE;
     tweak(&mut cfg);
     ScsiFrontend::connect(&cfg).unwrap_or_else(|e| panic!("connect {ctrl}: {e}\n{}", d.log()))
 }
 
-/// A guest on `ctrl` whose LUN 0 unit attentions are consumed.
 /// A daemon with controller `c` (one queue) serving `a.img` as LUN 0, and
 /// `b.img` made for a hot-attach.
 fn one_lun_and_a_spare() -> (Daemon, RpcClient, PathBuf) {
@@ -124,6 +122,7 @@ fn one_lun_and_a_spare() -> (Daemon, RpcClient, PathBuf) {
     (d, rpc, b)
 }
 
+/// A guest on `ctrl` whose LUN 0 unit attentions are consumed.
 fn settled_guest(d: &Daemon, ctrl: &str, queues: u16) -> ScsiFrontend {
     let fe = guest(d, ctrl, queues, |_| {});
     common::settle(&fe, [0]);

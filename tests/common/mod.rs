@@ -188,7 +188,7 @@ impl Drop for Daemon {
 }
 
 /// A frontend configuration for `socket` with the tests' 20 s timeout.
-fn config_at(socket: &Path) -> FrontendConfig {
+pub fn config_at(socket: &Path) -> FrontendConfig {
     let mut cfg = FrontendConfig::new(socket);
     cfg.timeout = Duration::from_secs(20);
     cfg

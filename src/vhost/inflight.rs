@@ -40,6 +40,9 @@ const ALIGN: usize = 64;
 pub const VERSION: u16 = 1;
 /// Completion record: the response is in guest memory.
 pub const RECORD_DONE: u8 = 1;
+/// Completion record: the command took effect with GOOD status but its
+/// response is not written yet (COMPARE AND WRITE).
+pub const RECORD_APPLIED: u8 = 2;
 
 const OFF_VERSION: usize = 8;
 const OFF_DESC_NUM: usize = 10;
@@ -271,6 +274,24 @@ pub struct Resubmit {
     /// Its response was already in guest memory: publish it with this used
     /// length instead of running it again.
     pub done: Option<u32>,
+    /// It took effect with GOOD status (a COMPARE AND WRITE): answer GOOD
+    /// instead of running it again.
+    pub applied: bool,
+}
+
+/// Lets another thread (the slow lane) record that one request took
+/// effect.
+#[derive(Debug)]
+pub struct InflightMark {
+    region: Arc<InflightRegion>,
+    off: usize,
+}
+
+impl InflightMark {
+    /// The request took effect with GOOD status.
+    pub fn applied(&self) {
+        self.region.store_u8(self.off + D_RECORD, RECORD_APPLIED);
+    }
 }
 
 /// What a queue's region says after a restart.
@@ -325,6 +346,15 @@ impl QueueInflight {
             .slice()
             .write_slice(&len.to_le_bytes(), d + D_RECORD_LEN);
         self.r().store_u8(d + D_RECORD, RECORD_DONE);
+    }
+
+    /// A handle that records, from another thread, that `head` took
+    /// effect.
+    pub fn mark(&self, head: u16) -> Option<InflightMark> {
+        self.in_range(head).then(|| InflightMark {
+            region: self.region.clone(),
+            off: self.r().desc_off(self.queue, head),
+        })
     }
 
     /// Publish `head`'s used entry: `publish` writes it and returns the new
@@ -396,12 +426,21 @@ impl QueueInflight {
             }
             let counter = self.r().load_u64(d + D_COUNTER);
             max_counter = max_counter.max(counter);
-            let done = (self.r().load_u8(d + D_RECORD) == RECORD_DONE).then(|| {
+            let record = self.r().load_u8(d + D_RECORD);
+            let done = (record == RECORD_DONE).then(|| {
                 let mut b = [0u8; 4];
                 let _ = self.r().slice().read_slice(&mut b, d + D_RECORD_LEN);
                 u32::from_le_bytes(b)
             });
-            found.push((counter, Resubmit { head, done }));
+            let applied = record == RECORD_APPLIED;
+            found.push((
+                counter,
+                Resubmit {
+                    head,
+                    done,
+                    applied,
+                },
+            ));
         }
         if found.len() > usize::from(ring_size) {
             return Err(bad(format!(
@@ -462,6 +501,8 @@ mod tests {
         q.publish(2, || Some(1));
         // 0's response is written but not published.
         q.record_done(0, 4242);
+        // 7 (a COMPARE AND WRITE) took effect on another thread.
+        q.mark(7).unwrap().applied();
         assert_eq!(q.in_flight(), 3);
         let mut after = r.queue(0).unwrap();
         let rec = after.recover(1, 8).unwrap();
@@ -472,15 +513,18 @@ mod tests {
             vec![
                 Resubmit {
                     head: 5,
-                    done: None
+                    done: None,
+                    applied: false,
                 },
                 Resubmit {
                     head: 7,
-                    done: None
+                    done: None,
+                    applied: true,
                 },
                 Resubmit {
                     head: 0,
-                    done: Some(4242)
+                    done: Some(4242),
+                    applied: false,
                 },
             ]
         );
@@ -506,7 +550,8 @@ mod tests {
             rec.resubmit,
             vec![Resubmit {
                 head: 6,
-                done: None
+                done: None,
+                applied: false,
             }]
         );
         assert_eq!(rec.next_avail, 2);

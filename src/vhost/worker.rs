@@ -19,7 +19,7 @@ use vm_memory::{
 
 use super::device::{Device, LunBacking, LunCache};
 use super::exec::{self, Gate, SlowOp};
-use super::inflight::{QueueInflight, Resubmit};
+use super::inflight::{InflightMark, QueueInflight, Resubmit};
 use super::ratelimit::{warn_limited, RateLimit};
 use super::slow::{JobResult, SlowLane};
 use super::stats::{CmdKind, QueueStats};
@@ -446,6 +446,17 @@ impl RequestWorker {
                 Some(len) => {
                     completed |= publish(&mut self.inflight, state, r.head, len, &mut self.log);
                 }
+                None if r.applied => {
+                    // Applied before the restart (COMPARE AND WRITE): the
+                    // guest only misses its GOOD answer.
+                    let used = split_chain_at(mem, table, size, r.head)
+                        .ok()
+                        .and_then(|split| parse_cmd(mem, split).ok())
+                        .map_or(0, |req| {
+                            write_response(mem, &req.resp, S_OK, Status::Good, None, 0)
+                        });
+                    completed |= publish(&mut self.inflight, state, r.head, used, &mut self.log);
+                }
                 None => {
                     let split = split_chain_at(mem, table, size, r.head);
                     completed |= self.start_split(r.head, split, mem.clone(), state);
@@ -564,7 +575,16 @@ impl RequestWorker {
                 self.push_ring(state, slot, &backing, EngineOp::Flush)
             }
             slow => {
-                let job = slow_job(&lb, SlowOp::Scsi(slow));
+                // A COMPARE AND WRITE is not idempotent: once it applied,
+                // the inflight region says so, and a restarted daemon
+                // answers it instead of comparing again.
+                let mark = match slow {
+                    Outcome::CompareAndWrite { .. } => {
+                        self.inflight.as_ref().and_then(|i| i.mark(head))
+                    }
+                    _ => None,
+                };
+                let job = slow_job(&lb, SlowOp::Scsi(slow), mark);
                 let slot = self.park(head, lb, CmdKind::Other, IoDir::Write, 0, 0, req, None, mem);
                 self.push_slow(state, slot, job)
             }
@@ -616,6 +636,7 @@ impl RequestWorker {
                         data,
                         fua: io.fua,
                     },
+                    None,
                 );
                 let slot = self.park(head, lb, kind, IoDir::Write, 0, resid, req, None, mem);
                 return self.push_slow(state, slot, job);
@@ -769,11 +790,17 @@ impl Drop for RequestWorker {
 }
 
 /// A slow-lane job for `op` on a LUN.
-fn slow_job(lb: &LunBacking, op: SlowOp) -> super::slow::Job {
+fn slow_job(lb: &LunBacking, op: SlowOp, applied: Option<InflightMark>) -> super::slow::Job {
     let backing = lb.backing.clone();
     let gate = lb.gate.clone();
     let bs = lb.block_size;
-    Box::new(move || exec::run(op, &backing, &gate, bs))
+    Box::new(move || {
+        let result = exec::run(op, &backing, &gate, bs);
+        if let (Some(mark), Status::Good) = (&applied, result.status) {
+            mark.applied();
+        }
+        result
+    })
 }
 
 fn clamp_u32(v: u64) -> u32 {

@@ -198,6 +198,14 @@ fn socket_served_by_a_live_process_is_refused_and_stale_one_replaced() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("already served"));
     assert!(sock.exists());
     drop(live);
+    // A child spawned meanwhile by a parallel test may hold the listener's
+    // fd between its fork and exec: wait until the socket is really dead.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::os::unix::net::UnixStream::connect(&sock).is_ok()
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     // The listener is gone but the file stays: a stale socket, replaced.
     assert!(sock.exists());

@@ -91,9 +91,13 @@ fn list(rpc: &mut RpcClient, d: &Daemon) -> Value {
     let mut v = rpc
         .call("controller_list", None)
         .unwrap_or_else(|e| panic!("controller_list: {e}\n{}", d.log()));
-    // Whether a frontend is connected is not state.
+    // Whether a frontend is connected (and how the accept loop fares) is
+    // not state.
     for c in v.as_array_mut().unwrap() {
-        c.as_object_mut().unwrap().remove("connected");
+        let c = c.as_object_mut().unwrap();
+        for k in ["connected", "state", "last_error"] {
+            c.remove(k);
+        }
     }
     v
 }

@@ -379,6 +379,7 @@ impl Manager {
                 .spawn(move || {
                     if let Err(e) = serve(device, &config, listener, &shutdown, &server) {
                         tracing::error!(controller = %name, error = %e, "controller stopped");
+                        server.stopped(&e.to_string());
                     }
                 })
                 .map_err(|e| ApiError::failed(format!("cannot start a thread: {e}")))?
@@ -494,6 +495,8 @@ impl Manager {
             num_queues: p.num_queues,
             queue_size: p.queue_size,
             connected: c.server.connected(),
+            state: c.server.health().state.as_str().to_string(),
+            last_error: c.server.health().last_error,
             luns: p
                 .luns
                 .iter()
@@ -538,9 +541,13 @@ impl Manager {
             .collect::<Vec<_>>();
         let mut luns = luns;
         luns.sort_by_key(|l| l.lun);
+        let health = c.server.health();
         ControllerStats {
             name: p.name.clone(),
             connected: c.server.connected(),
+            state: health.state.as_str().to_string(),
+            last_error: health.last_error,
+            errors: health.errors,
             connections: c.server.connections(),
             queues: c
                 .server

@@ -32,11 +32,14 @@ use vhost::VhostUserMemoryRegionBase;
 use vhost_user_backend::VringT;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::QueueT;
-use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestRegionMmap};
+use vm_memory::{
+    GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryRegion, GuestRegionMmap,
+};
 
 use super::backend::{lock, ScsiBackend};
 use super::event_loop::EventLoops;
 use super::inflight::InflightRegion;
+use super::sigbus::{self, FaultCell, Registration};
 use crate::virtio_scsi::GuestMem;
 
 type VuResult<T> = Result<T, VuError>;
@@ -60,7 +63,12 @@ struct Mapping {
 pub(crate) struct Handler {
     label: Arc<str>,
     backend: ScsiBackend,
+    /// Dropped first: the worker threads stop before anything else goes.
     loops: EventLoops,
+    /// Every guest memory region mapped on this connection, registered for
+    /// SIGBUS containment until nothing uses it any more.
+    regions: Vec<(Arc<GuestRegionMmap>, Registration)>,
+    fault: Arc<FaultCell>,
     mem: GuestMemoryAtomic<GuestMem>,
     owned: bool,
     acked_features: u64,
@@ -77,12 +85,15 @@ impl Handler {
         backend: ScsiBackend,
         loops: EventLoops,
         mem: GuestMemoryAtomic<GuestMem>,
+        fault: Arc<FaultCell>,
     ) -> Self {
         let n = backend.num_queues();
         Handler {
             label,
             backend,
             loops,
+            regions: Vec::new(),
+            fault,
             mem,
             owned: false,
             acked_features: 0,
@@ -242,19 +253,49 @@ impl Handler {
         }
     }
 
-    fn map_region(&self, region: &VhostUserMemoryRegion, file: File) -> VuResult<GuestRegionMmap> {
-        GuestRegionMmap::new(
-            region.mmap_region(file)?,
-            GuestAddress(region.guest_phys_addr),
-        )
-        .ok_or_else(|| internal("memory region overflows the address space"))
+    /// Map one region of guest memory: it must lie inside its file (a
+    /// region past the end would fault on first touch), and it is
+    /// registered for SIGBUS containment (the file may still shrink later
+    /// unless it is sealed).
+    fn map_region(
+        &mut self,
+        region: &VhostUserMemoryRegion,
+        file: File,
+    ) -> VuResult<Arc<GuestRegionMmap>> {
+        let (gpa, size, offset) = (
+            region.guest_phys_addr,
+            region.memory_size,
+            region.mmap_offset,
+        );
+        let file_len = file.metadata().map_err(VuError::ReqHandlerError)?.len();
+        if !offset
+            .checked_add(size)
+            .is_some_and(|end| end <= file_len && size > 0)
+        {
+            tracing::warn!(controller = %self.label, gpa = format_args!("{gpa:#x}"), size, offset, file_len, "memory region refused: it is not inside its file");
+            return Err(VuError::InvalidParam);
+        }
+        // SAFETY: F_GET_SEALS on an fd we own; no memory is involved.
+        let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
+        let sealed = seals >= 0 && seals & libc::F_SEAL_SHRINK != 0;
+        let r = GuestRegionMmap::new(region.mmap_region(file)?, GuestAddress(gpa))
+            .ok_or_else(|| internal("memory region overflows the address space"))?;
+        let r = Arc::new(r);
+        let reg = sigbus::register(r.as_ptr() as usize, r.len() as usize, &self.fault)
+            .map_err(VuError::ReqHandlerError)?;
+        tracing::debug!(controller = %self.label, gpa = format_args!("{gpa:#x}"), size, sealed, "memory region mapped");
+        self.regions.push((r.clone(), reg));
+        Ok(r)
     }
 
-    fn replace_memory(&self, mem: GuestMem) {
+    fn replace_memory(&mut self, mem: GuestMem) {
         self.mem
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .replace(mem);
+        // Forget regions nothing maps any more (in-flight requests keep
+        // theirs alive until they complete).
+        self.regions.retain(|(r, _)| Arc::strong_count(r) > 1);
     }
 }
 
@@ -333,6 +374,9 @@ impl VhostUserBackendReqHandlerMut for Handler {
     ) -> VuResult<Option<Vec<VhostUserMemoryRegionBase>>> {
         let mut regions = Vec::with_capacity(ctx.len());
         let mut mappings = Vec::with_capacity(ctx.len());
+        if ctx.len() != files.len() {
+            return Err(VuError::InvalidParam);
+        }
         for (region, file) in ctx.iter().zip(files) {
             regions.push(self.map_region(region, file)?);
             mappings.push(Mapping {
@@ -341,7 +385,7 @@ impl VhostUserBackendReqHandlerMut for Handler {
                 gpa: region.guest_phys_addr,
             });
         }
-        let mem = GuestMem::from_regions(regions).map_err(|e| internal(e.to_string()))?;
+        let mem = GuestMem::from_arc_regions(regions).map_err(|e| internal(e.to_string()))?;
         self.replace_memory(mem);
         tracing::debug!(
             controller = %self.label,
@@ -581,7 +625,7 @@ impl VhostUserBackendReqHandlerMut for Handler {
         if self.mappings.len() as u64 >= MAX_MEM_SLOTS {
             return Err(VuError::InvalidParam);
         }
-        let r = Arc::new(self.map_region(region, file)?);
+        let r = self.map_region(region, file)?;
         let mem = self
             .mem
             .memory()

@@ -3,6 +3,8 @@
 //! GET_QUEUE_NUM; at start SET_FEATURES, SET_MEM_TABLE, and per ring
 //! NUM/ADDR/BASE/CALL/KICK/ENABLE; at stop GET_VRING_BASE per ring.
 
+use std::os::fd::{AsRawFd, RawFd};
+
 use vhost::vhost_user::message::{VhostUserHeaderFlag, VhostUserProtocolFeatures};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VringConfigData};
@@ -157,5 +159,12 @@ impl Connection {
     /// The underlying vhost frontend, for requests not wrapped here.
     pub fn frontend(&mut self) -> &mut Frontend {
         &mut self.fe
+    }
+}
+
+/// The vhost-user socket (to watch for the backend closing it).
+impl AsRawFd for Connection {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fe.as_raw_fd()
     }
 }

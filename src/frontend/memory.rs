@@ -20,15 +20,20 @@ pub struct GuestMem {
 
 impl GuestMem {
     /// Create `size` bytes of memory at guest-physical `base`, mapped from
-    /// offset `mmap_offset` of a fresh memfd.
+    /// offset `mmap_offset` of a fresh memfd. The memfd allows seals (as
+    /// QEMU's memfd backend) but has none: a test may add some through
+    /// [`GuestMem::file`].
     pub fn new(size: usize, base: u64, mmap_offset: u64) -> Result<Self> {
         if size == 0 || size % 4096 != 0 || mmap_offset % 4096 != 0 {
             return Err(Error::Config(format!(
                 "memory size {size} and mmap offset {mmap_offset} must be page multiples"
             )));
         }
-        let fd = memfd_create(c"vhost-user-scsi-frontend", MemFdCreateFlag::MFD_CLOEXEC)
-            .map_err(|e| Error::Memory(format!("memfd_create: {e}")))?;
+        let fd = memfd_create(
+            c"vhost-user-scsi-frontend",
+            MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING,
+        )
+        .map_err(|e| Error::Memory(format!("memfd_create: {e}")))?;
         let file = File::from(fd);
         file.set_len(mmap_offset + size as u64)
             .map_err(|e| Error::Memory(format!("ftruncate: {e}")))?;
@@ -44,6 +49,17 @@ impl GuestMem {
     /// The vm-memory view (write/read/store/load at guest-physical addresses).
     pub fn mem(&self) -> &GuestMemoryMmap<()> {
         &self.mem
+    }
+
+    /// The memfd behind the memory (what SET_MEM_TABLE hands the backend):
+    /// for tests that seal it or shrink it under the backend. After a
+    /// shrink, this process must not touch the lost pages either.
+    pub fn file(&self) -> Option<&File> {
+        self.mem
+            .iter()
+            .next()
+            .and_then(|r| r.file_offset())
+            .map(|f| f.file())
     }
 
     pub fn base(&self) -> u64 {
@@ -196,5 +212,18 @@ mod tests {
         assert_eq!(infos[0].guest_phys_addr, 0x1_0000_0000);
         assert_eq!(infos[0].mmap_offset, 4096);
         assert_eq!(infos[0].userspace_addr, m.host_addr(0x1_0000_0000).unwrap());
+        let file = m.file().unwrap();
+        assert_eq!(file.metadata().unwrap().len(), (1 << 20) + 4096);
+        // Seals can be added (as QEMU's memfd backend does).
+        // SAFETY: fcntl on our own memfd.
+        let rc = unsafe {
+            libc::fcntl(
+                std::os::fd::AsRawFd::as_raw_fd(file),
+                libc::F_ADD_SEALS,
+                libc::F_SEAL_SHRINK,
+            )
+        };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        assert!(file.set_len(4096).is_err());
     }
 }

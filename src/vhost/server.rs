@@ -340,7 +340,7 @@ fn serve_connection(
     let fault = FaultCell::new(fault_wake.as_raw_fd());
     // The event queue knows the guest before its handshake starts: a kick
     // on the event queue that came before `connect` would be lost.
-    device.events.connect(mem.clone());
+    device.events.connect(mem.clone(), backend.shared_log());
     let handler = Arc::new(Mutex::new(Handler::new(
         label.clone(),
         backend.clone(),

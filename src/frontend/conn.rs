@@ -1,16 +1,27 @@
 //! The vhost-user control connection and QEMU's handshake order
 //! (vhost-user-scsi-pci): SET_OWNER, GET_FEATURES, GET/SET_PROTOCOL_FEATURES,
-//! GET_QUEUE_NUM; at start SET_FEATURES, SET_MEM_TABLE, and per ring
+//! GET_QUEUE_NUM; at start SET_FEATURES, GET_INFLIGHT_FD (first start only),
+//! SET_INFLIGHT_FD, SET_FEATURES, SET_MEM_TABLE, and per ring
 //! NUM/ADDR/BASE/CALL/KICK/ENABLE; at stop GET_VRING_BASE per ring.
 
-use vhost::vhost_user::message::{VhostUserHeaderFlag, VhostUserProtocolFeatures};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use vhost::vhost_user::message::{
+    VhostUserHeaderFlag, VhostUserInflight, VhostUserProtocolFeatures,
+};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VringConfigData};
 
 use super::features::*;
+use super::inflight::InflightRegion;
 use super::memory::GuestMem;
 use super::vring::SplitQueue;
 use super::{Error, FrontendConfig, Result};
+
+/// Pause between connection attempts while waiting for a backend.
+const RETRY_PAUSE: Duration = Duration::from_millis(20);
 
 /// A negotiated vhost-user connection.
 pub struct Connection {
@@ -39,7 +50,36 @@ impl Connection {
     /// Connect and negotiate protocol features and the queue count.
     pub fn open(cfg: &FrontendConfig) -> Result<Self> {
         let needed = u64::from(cfg.request_queues) + 2;
-        let mut fe = Frontend::connect(&cfg.socket, needed).map_err(vh("connect"))?;
+        let fe = Frontend::connect(&cfg.socket, needed).map_err(vh("connect"))?;
+        Self::handshake(fe, cfg)
+    }
+
+    /// As [`Connection::open`], retrying the connection itself (no socket
+    /// yet, a stale socket whose backend died, a backend not yet
+    /// listening) until `deadline`: how a frontend waits for a restarted
+    /// backend.
+    pub fn open_until(cfg: &FrontendConfig, deadline: Instant) -> Result<Self> {
+        let needed = u64::from(cfg.request_queues) + 2;
+        let stream = loop {
+            match UnixStream::connect(&cfg.socket) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() + RETRY_PAUSE < deadline => {
+                    tracing::trace!("connect {}: {e}; retrying", cfg.socket.display());
+                    std::thread::sleep(RETRY_PAUSE);
+                }
+                Err(source) => {
+                    return Err(Error::Io {
+                        op: "connect to the backend (until the timeout)",
+                        source,
+                    })
+                }
+            }
+        };
+        Self::handshake(Frontend::from_stream(stream, needed), cfg)
+    }
+
+    fn handshake(mut fe: Frontend, cfg: &FrontendConfig) -> Result<Self> {
+        let needed = u64::from(cfg.request_queues) + 2;
         fe.set_owner().map_err(vh("SET_OWNER"))?;
         let offered = fe.get_features().map_err(vh("GET_FEATURES"))?;
         if offered & VIRTIO_F_VERSION_1 == 0 {
@@ -51,9 +91,12 @@ impl Connection {
         let offered_protocol = fe
             .get_protocol_features()
             .map_err(vh("GET_PROTOCOL_FEATURES"))?;
-        let wanted = VhostUserProtocolFeatures::MQ
+        let mut wanted = VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS;
+        if cfg.inflight {
+            wanted |= VhostUserProtocolFeatures::INFLIGHT_SHMFD;
+        }
         let acked_protocol = offered_protocol & wanted;
         fe.set_protocol_features(acked_protocol)
             .map_err(vh("SET_PROTOCOL_FEATURES"))?;
@@ -83,9 +126,10 @@ impl Connection {
         })
     }
 
-    /// SET_FEATURES: VERSION_1 | PROTOCOL_FEATURES, plus EVENT_IDX,
-    /// INDIRECT_DESC and `extra_features` when requested and offered.
-    pub fn set_features(&mut self, cfg: &FrontendConfig) -> Result<u64> {
+    /// The feature bits [`Connection::set_features`] acks: VERSION_1 |
+    /// PROTOCOL_FEATURES, plus EVENT_IDX, INDIRECT_DESC and
+    /// `extra_features` when requested and offered, plus `force_features`.
+    pub fn features_for(&self, cfg: &FrontendConfig) -> u64 {
         let mut want = VIRTIO_F_VERSION_1 | VHOST_USER_F_PROTOCOL_FEATURES | cfg.extra_features;
         if cfg.event_idx {
             want |= VIRTIO_RING_F_EVENT_IDX;
@@ -93,10 +137,45 @@ impl Connection {
         if cfg.indirect {
             want |= VIRTIO_RING_F_INDIRECT_DESC;
         }
-        let acked = (want & self.offered_features) | cfg.force_features;
-        self.fe.set_features(acked).map_err(vh("SET_FEATURES"))?;
-        self.acked_features = acked;
+        (want & self.offered_features) | cfg.force_features
+    }
+
+    /// SET_FEATURES with [`Connection::features_for`].
+    pub fn set_features(&mut self, cfg: &FrontendConfig) -> Result<u64> {
+        let acked = self.features_for(cfg);
+        self.ack_features(acked)?;
         Ok(acked)
+    }
+
+    /// SET_FEATURES with exactly `bits`.
+    pub fn ack_features(&mut self, bits: u64) -> Result<()> {
+        self.fe.set_features(bits).map_err(vh("SET_FEATURES"))?;
+        self.acked_features = bits;
+        Ok(())
+    }
+
+    /// Whether VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD was negotiated.
+    pub fn has_inflight(&self) -> bool {
+        self.acked_protocol
+            .contains(VhostUserProtocolFeatures::INFLIGHT_SHMFD)
+    }
+
+    /// GET_INFLIGHT_FD for `num_queues` queues of `queue_size`: the
+    /// backend's region, checked and mapped.
+    pub fn get_inflight(&mut self, num_queues: u16, queue_size: u16) -> Result<InflightRegion> {
+        let req = VhostUserInflight::new(0, 0, num_queues, queue_size);
+        let (reply, file) = self
+            .fe
+            .get_inflight_fd(&req)
+            .map_err(vh("GET_INFLIGHT_FD"))?;
+        InflightRegion::from_backend(file, &reply, num_queues, queue_size)
+    }
+
+    /// SET_INFLIGHT_FD with `region`'s fd and description.
+    pub fn set_inflight(&mut self, region: &InflightRegion) -> Result<()> {
+        self.fe
+            .set_inflight_fd(&region.message(), region.file().as_raw_fd())
+            .map_err(vh("SET_INFLIGHT_FD"))
     }
 
     pub fn has_feature(&self, bit: u64) -> bool {
@@ -112,8 +191,10 @@ impl Connection {
         Ok(())
     }
 
-    /// Program and enable one ring.
-    pub fn setup_queue(&mut self, mem: &GuestMem, q: &SplitQueue) -> Result<()> {
+    /// Program and enable one ring; the backend starts at avail index
+    /// `base` (0 at the first start; after a backend crash, the used index
+    /// found in the ring, as QEMU restores it).
+    pub fn setup_queue(&mut self, mem: &GuestMem, q: &SplitQueue, base: u16) -> Result<()> {
         let i = q.index;
         let (desc, avail, used) = q.ring_addrs();
         self.fe
@@ -133,7 +214,7 @@ impl Connection {
             .set_vring_addr(i, &config)
             .map_err(vq("SET_VRING_ADDR", i))?;
         self.fe
-            .set_vring_base(i, 0)
+            .set_vring_base(i, base)
             .map_err(vq("SET_VRING_BASE", i))?;
         self.fe
             .set_vring_call(i, q.call_fd())
@@ -152,6 +233,74 @@ impl Connection {
         self.fe
             .get_vring_base(queue)
             .map_err(vq("GET_VRING_BASE", queue))
+    }
+
+    /// Wait up to `timeout` for the backend to close the connection
+    /// (it never sends anything unsolicited on it: data is a protocol
+    /// error). Returns whether it closed.
+    pub fn wait_closed(&self, timeout: Duration) -> Result<bool> {
+        let fd = self.fe.as_raw_fd();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut pfd = libc::pollfd {
+                fd,
+                events: libc::POLLIN | libc::POLLRDHUP,
+                revents: 0,
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            let ms = libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX);
+            // SAFETY: `pfd` is a valid pollfd for the duration of the call
+            // and we pass a count of 1.
+            let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+            if r < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(Error::Io {
+                    op: "poll the vhost-user socket",
+                    source: e,
+                });
+            }
+            if r == 0 {
+                return Ok(false);
+            }
+            if pfd.revents & (libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR) != 0 {
+                return Ok(true);
+            }
+            let mut b = [0u8; 1];
+            // SAFETY: `b` is a valid, writable 1-byte buffer for the
+            // duration of the call; MSG_PEEK leaves the data in the socket.
+            let n = unsafe {
+                libc::recv(
+                    fd,
+                    b.as_mut_ptr().cast(),
+                    1,
+                    libc::MSG_PEEK | libc::MSG_DONTWAIT,
+                )
+            };
+            match n {
+                0 => return Ok(true),
+                n if n > 0 => {
+                    return Err(Error::Protocol(
+                        "the backend sent an unsolicited message on the vhost-user socket".into(),
+                    ))
+                }
+                _ => {
+                    let e = std::io::Error::last_os_error();
+                    match e.kind() {
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => {}
+                        std::io::ErrorKind::ConnectionReset => return Ok(true),
+                        _ => {
+                            return Err(Error::Io {
+                                op: "peek at the vhost-user socket",
+                                source: e,
+                            })
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// The underlying vhost frontend, for requests not wrapped here.

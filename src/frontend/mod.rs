@@ -134,6 +134,10 @@ pub struct FrontendConfig {
     pub force_features: u64,
     /// Kick after every publish, ignoring the backend's suppression hints.
     pub always_kick: bool,
+    /// Hand every ring's kick eventfd to the backend already signalled, at
+    /// the first start and at every reconnection, as QEMU does (its host
+    /// notifiers are created with a count of 1).
+    pub start_kicked: bool,
     /// Number of 16-byte buffers kept on the event queue.
     pub event_buffers: u16,
     /// Timeout of the blocking calls (`command`, `tmf`, `an_query`,
@@ -153,7 +157,8 @@ pub struct FrontendConfig {
 impl FrontendConfig {
     /// Defaults: 2 request queues of 128 entries, 64 MiB at guest-physical
     /// 4 GiB, EVENT_IDX on, indirect off, 8 event buffers, 30 s timeout,
-    /// INFLIGHT_SHMFD on (QEMU's current order).
+    /// INFLIGHT_SHMFD on (QEMU's current order), kick eventfds handed over
+    /// signalled (as QEMU).
     pub fn new(socket: impl Into<PathBuf>) -> Self {
         FrontendConfig {
             socket: socket.into(),
@@ -167,6 +172,7 @@ impl FrontendConfig {
             extra_features: 0,
             force_features: 0,
             always_kick: false,
+            start_kicked: true,
             event_buffers: 8,
             timeout: Duration::from_secs(30),
             inflight: true,

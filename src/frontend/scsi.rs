@@ -297,7 +297,7 @@ impl ScsiFrontend {
         let mut queues = Vec::with_capacity(nq);
         let mut calls = Vec::with_capacity(nq);
         for i in 0..nq {
-            let q = SplitQueue::new(
+            let mut q = SplitQueue::new(
                 &mem,
                 i,
                 cfg.queue_size,
@@ -305,6 +305,7 @@ impl ScsiFrontend {
                 event_idx,
                 cfg.always_kick,
             )?;
+            q.new_kick(cfg.start_kicked)?;
             conn.setup_queue(&mem, &q, 0)?;
             calls.push(q.call_fd().try_clone().map_err(super::io_err("dup"))?);
             queues.push(Mutex::new(QueueState {
@@ -375,12 +376,14 @@ impl ScsiFrontend {
     /// SET_OWNER, features, protocol features, [SET_FEATURES,]
     /// SET_INFLIGHT_FD with the same region, SET_FEATURES, SET_MEM_TABLE
     /// with the same memory, and per ring NUM, ADDR, BASE, CALL, KICK,
-    /// ENABLE with the same eventfds. BASE is the used index found in the
+    /// ENABLE with the same call eventfds and new kick eventfds (signalled
+    /// unless `start_kicked` is off: QEMU's new host notifiers start at
+    /// 1). BASE is the used index found in the
     /// ring (QEMU's `virtio_queue_restore_last_avail_idx` when
     /// GET_VRING_BASE is impossible): the backend resubmits what the
     /// inflight region says was taken and not completed, and takes the
     /// rest from the avail ring. Requests outstanding here stay
-    /// outstanding and complete on the new connection; nothing is kicked.
+    /// outstanding and complete on the new connection.
     ///
     /// Returns the bases given to each ring, in queue order. Fails if the
     /// new backend lacks a feature acked before, or INFLIGHT_SHMFD while a
@@ -402,9 +405,10 @@ impl ScsiFrontend {
         }
         Self::start_device(&mut conn, &self.cfg, &self.mem, acked, &mut self.inflight)?;
         let mut bases = Vec::with_capacity(self.queues.len());
-        for vq in 0..self.queues.len() {
-            let q = self.lock(vq)?;
+        for q in &mut self.queues {
+            let q = q.get_mut().unwrap_or_else(|p| p.into_inner());
             let base = q.vq.device_used_idx(&self.mem)?;
+            q.vq.new_kick(self.cfg.start_kicked)?;
             conn.setup_queue(&self.mem, &q.vq, base)?;
             bases.push(base);
         }
@@ -470,6 +474,20 @@ impl ScsiFrontend {
     pub fn call_pending(&self, vq: usize) -> Result<bool> {
         let call = self.calls.get(vq).ok_or(Error::NoSuchQueue(vq))?;
         super::vring::poll_in(call, Duration::ZERO)
+    }
+
+    /// Consume the call eventfd of vhost-user queue `vq`; returns whether
+    /// it was signalled.
+    pub fn take_call(&self, vq: usize) -> Result<bool> {
+        let call = self.calls.get(vq).ok_or(Error::NoSuchQueue(vq))?;
+        match call.read() {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
+            Err(source) => Err(Error::Io {
+                op: "call eventfd read",
+                source,
+            }),
+        }
     }
 
     /// Guest memory (to inspect or to place buffers for raw descriptors).

@@ -228,6 +228,17 @@ impl SplitQueue {
     pub fn kick_fd(&self) -> &EventFd {
         &self.kick
     }
+    /// Replace the kick eventfd with a new one, already signalled if
+    /// `signalled` (QEMU's host notifiers start at 1 at every device start,
+    /// so a backend always finds a kick on a ring it is handed).
+    pub fn new_kick(&mut self, signalled: bool) -> Result<()> {
+        let kick = EventFd::new(EFD_NONBLOCK).map_err(io_err("eventfd"))?;
+        if signalled {
+            kick.write(1).map_err(io_err("kick eventfd write"))?;
+        }
+        self.kick = kick;
+        Ok(())
+    }
     pub fn call_fd(&self) -> &EventFd {
         &self.call
     }

@@ -10,8 +10,11 @@
 mod backend;
 mod control;
 mod device;
+mod event_loop;
 mod events;
 mod exec;
+mod inflight;
+mod protocol;
 mod ratelimit;
 mod server;
 mod slow;

@@ -10,14 +10,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use vhost::vhost_user::Listener;
-use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
+use vhost::vhost_user::{BackendReqHandler, Listener};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
-use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::backend::ScsiBackend;
+use super::backend::{lock, ScsiBackend};
 use super::device::Device;
+use super::event_loop::EventLoops;
+use super::protocol::Handler;
 use super::stats::QueueStats;
 use crate::block::BlockError;
 use crate::scsi::NexusId;
@@ -59,7 +59,6 @@ pub enum ServeError {
 pub struct ShutdownSignal {
     requested: AtomicBool,
     wake: EventFd,
-    current: Mutex<Option<ShutdownHandle>>,
 }
 
 impl ShutdownSignal {
@@ -67,29 +66,16 @@ impl ShutdownSignal {
         Ok(Arc::new(ShutdownSignal {
             requested: AtomicBool::new(false),
             wake: EventFd::new(EFD_NONBLOCK)?,
-            current: Mutex::new(None),
         }))
     }
 
     pub fn trigger(&self) {
         self.requested.store(true, Ordering::SeqCst);
         let _ = self.wake.write(1);
-        if let Some(h) = self
-            .current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-        {
-            h.shutdown();
-        }
     }
 
     pub fn is_requested(&self) -> bool {
         self.requested.load(Ordering::SeqCst)
-    }
-
-    fn set_current(&self, handle: Option<ShutdownHandle>) {
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = handle;
     }
 }
 
@@ -186,73 +172,106 @@ pub fn bind(path: &Path) -> Result<SocketListener, ServeError> {
 pub fn serve(
     device: Arc<Device>,
     config: &ServerConfig,
-    mut listener: SocketListener,
+    listener: SocketListener,
     shutdown: &ShutdownSignal,
     server: &ServerState,
 ) -> Result<(), ServeError> {
     tracing::info!(socket = %config.socket.display(), queues = config.request_queues, "listening");
+    let label: Arc<str> = config.socket.display().to_string().into();
     while wait_for_connection(listener.listener.as_raw_fd(), shutdown.wake.as_raw_fd())? {
         if shutdown.is_requested() {
             break;
         }
-        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-        let backend = ScsiBackend::new(
-            device.clone(),
-            config.nexus,
-            &server.queues,
-            config.queue_size,
-            mem.clone(),
-        )?;
-        let mut daemon =
-            VhostUserDaemon::new("vhost-user-scsi".into(), backend.clone(), mem.clone())
-                .map_err(|e| ServeError::Daemon(e.to_string()))?;
-        let handlers = daemon.get_epoll_handlers();
-        for i in 0..backend.request_queues() {
-            let (Some(h), Some(ring), Some(slow)) = (
-                handlers.get(1 + i),
-                backend.completion_fd(i),
-                backend.slow_fd(i),
-            ) else {
-                return Err(ServeError::Daemon(format!(
-                    "no worker thread for queue {i}"
-                )));
-            };
-            h.register_listener(ring, EventSet::IN, backend.completion_token())?;
-            h.register_listener(slow, EventSet::IN, backend.slow_token())?;
-        }
-        // The event queue knows the guest before its handshake starts: a
-        // kick on the event queue that came before `connect` would be lost.
-        device.events.connect(mem.clone());
-        if let Err(e) = daemon.start(&mut listener.listener) {
-            device.events.disconnect();
-            return Err(ServeError::Daemon(e.to_string()));
-        }
-        tracing::info!(socket = %config.socket.display(), "frontend connected");
-        server.connections.fetch_add(1, Ordering::Relaxed);
-        *server.current() = Some(backend.clone());
-        shutdown.set_current(daemon.shutdown_handle());
-        if shutdown.is_requested() {
-            daemon.request_shutdown();
-        }
-        let result = daemon.wait();
-        shutdown.set_current(None);
-        device.events.disconnect();
-        match result {
-            Ok(())
-            | Err(vhost_user_backend::Error::HandleRequest(
-                vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
-            )) => tracing::info!("frontend disconnected"),
-            Err(e) => tracing::warn!(error = %e, "connection ended with an error"),
-        }
-        // Finish what the guest had in flight, then let the worker threads
-        // go (dropping the daemon joins them).
-        backend.drain_all();
-        *server.current() = None;
-        drop(daemon);
+        let stream = match listener.listener.accept() {
+            Ok(Some(stream)) => stream,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(socket = %config.socket.display(), error = %e, "accept failed");
+                continue;
+            }
+        };
+        serve_connection(&device, config, &label, stream, shutdown, server)?;
         device.sync_all();
     }
     device.sync_all();
     tracing::info!("shut down");
+    Ok(())
+}
+
+/// Serve one frontend until it disconnects or `shutdown` is triggered.
+fn serve_connection(
+    device: &Arc<Device>,
+    config: &ServerConfig,
+    label: &Arc<str>,
+    stream: UnixStream,
+    shutdown: &ShutdownSignal,
+    server: &ServerState,
+) -> Result<(), ServeError> {
+    let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+    let backend = ScsiBackend::new(
+        device.clone(),
+        config.nexus,
+        &server.queues,
+        config.queue_size,
+        mem.clone(),
+    )?;
+    let loops = EventLoops::start(&backend, label)?;
+    // The event queue knows the guest before its handshake starts: a kick
+    // on the event queue that came before `connect` would be lost.
+    device.events.connect(mem.clone());
+    let handler = Arc::new(Mutex::new(Handler::new(
+        label.clone(),
+        backend.clone(),
+        loops,
+        mem,
+    )));
+    let sock_fd = stream.as_raw_fd();
+    let closer = stream.try_clone()?;
+    let mut requests = BackendReqHandler::from_stream(stream, handler.clone());
+    tracing::info!(socket = %config.socket.display(), "frontend connected");
+    server.connections.fetch_add(1, Ordering::Relaxed);
+    *server.current() = Some(backend.clone());
+    loop {
+        match wait_for_connection(sock_fd, shutdown.wake.as_raw_fd()) {
+            Ok(true) => {}
+            Ok(false) => {
+                // Finish and publish what the guest has in flight while the
+                // frontend still listens, then close: it reads final ring
+                // indexes and nothing is ever completed twice.
+                lock(&handler).quiesce();
+                tracing::info!(socket = %config.socket.display(), "frontend disconnected for shutdown");
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "poll on the vhost-user socket failed");
+                break;
+            }
+        }
+        match requests.handle_request() {
+            Ok(()) => {}
+            Err(
+                vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
+            ) => {
+                tracing::info!(socket = %config.socket.display(), "frontend disconnected");
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(socket = %config.socket.display(), error = %e, "vhost-user request failed; closing the connection");
+                break;
+            }
+        }
+    }
+    let _ = closer.shutdown(std::net::Shutdown::Both);
+    drop(requests);
+    device.events.disconnect();
+    // Finish what the guest had in flight, then let the worker threads go
+    // (dropping the handler joins them).
+    backend.drain_all();
+    *server.current() = None;
+    match Arc::try_unwrap(handler) {
+        Ok(h) => drop(h.into_inner().unwrap_or_else(|p| p.into_inner())),
+        Err(_) => tracing::error!("protocol handler still referenced at disconnect"),
+    }
     Ok(())
 }
 

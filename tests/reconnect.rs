@@ -12,7 +12,7 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
@@ -158,14 +158,15 @@ impl Req {
 type Model = HashMap<usize, (u8, usize)>;
 
 /// Submit one request per slot, queues interleaved: writes of generation
-/// `gen` (64..256 KiB, every other one FUA) or reads.
+/// `gen` (64..256 KiB, every other one FUA) or reads; each queue's batch
+/// is published at once, with one kick.
 fn submit_batch(fe: &ScsiFrontend, op: Op, gen: u8, model: &mut Model) -> HashMap<u64, Req> {
     let mut reqs = HashMap::new();
     for i in 0..PER_QUEUE {
         for queue in 0..QUEUES {
             let slot = queue * PER_QUEUE + i;
             let len = (64 << 10) * (1 + (i + usize::from(gen)) % 4);
-            let r = Req { slot, len, op };
+            let r = Req { slot, len, gen, op };
             let blocks = (len / 512) as u16;
             let lba = r.lba() as u32;
             let tag = match op {
@@ -173,9 +174,9 @@ fn submit_batch(fe: &ScsiFrontend, op: Op, gen: u8, model: &mut Model) -> HashMa
                     let data = pattern(r.lba(), gen, len);
                     model.insert(slot, (gen, len));
                     let c = cdb::write10(lba, blocks, i % 2 == 0);
-                    fe.submit(queue, &ScsiRequest::new(0, &c, DataDir::ToDevice(&data)))
+                    fe.submit_queued(queue, &ScsiRequest::new(0, &c, DataDir::ToDevice(&data)))
                 }
-                Op::Read => fe.submit(
+                Op::Read => fe.submit_queued(
                     queue,
                     &ScsiRequest::new(
                         0,
@@ -188,14 +189,44 @@ fn submit_batch(fe: &ScsiFrontend, op: Op, gen: u8, model: &mut Model) -> HashMa
             reqs.insert(tag, r);
         }
     }
+    for queue in 0..QUEUES {
+        fe.publish(queue).unwrap();
+    }
     reqs
+}
+
+/// CHECK CONDITION, UNIT ATTENTION, POWER ON, RESET, OR BUS DEVICE RESET
+/// OCCURRED (29h/xx).
+fn is_power_on(resp: &ScsiResponse) -> bool {
+    resp.status == 2 && matches!(resp.sense_key(), Some((6, 0x29, _)))
+}
+
+/// The tags of the requests the inflight region marks as taken and not
+/// completed: what a restarted daemon must resubmit.
+fn taken(fe: &ScsiFrontend) -> HashSet<u64> {
+    let region = fe.inflight().expect("an inflight region");
+    let mut tags = HashSet::new();
+    for q in 0..QUEUES {
+        let vq = FIRST_REQUEST_QUEUE + q;
+        for head in region.queue(vq).unwrap().inflight_heads() {
+            tags.extend(fe.tag_of(vq, head).unwrap());
+        }
+    }
+    tags
 }
 
 /// Wait until every request of `reqs` completed: each exactly once (a
 /// second completion is a used element for a head that is not
 /// outstanding: the frontend reports it as an error), OK/GOOD, reads with
-/// the right data.
-fn collect(rig: &Rig, fe: &ScsiFrontend, reqs: &mut HashMap<u64, Req>, what: &str) {
+/// the right data. `taken`: the requests the dead daemon had started (for
+/// the messages).
+fn collect(
+    rig: &Rig,
+    fe: &ScsiFrontend,
+    reqs: &mut HashMap<u64, Req>,
+    taken: &HashSet<u64>,
+    what: &str,
+) {
     let deadline = Instant::now() + PATIENCE;
     let total = reqs.len();
     while !reqs.is_empty() {
@@ -214,7 +245,12 @@ fn collect(rig: &Rig, fe: &ScsiFrontend, reqs: &mut HashMap<u64, Req>, what: &st
                     .remove(&c.tag)
                     .unwrap_or_else(|| panic!("{what}: tag {} completed twice", c.tag));
                 let resp = c.scsi().expect("a SCSI completion");
-                check_response(&r, resp, what);
+                let how = if taken.contains(&c.tag) {
+                    "resubmitted"
+                } else {
+                    "never taken by the dead daemon"
+                };
+                check_response(&r, resp, &format!("{what} ({how})"));
             }
         }
     }
@@ -224,8 +260,14 @@ fn check_response(r: &Req, resp: &ScsiResponse, what: &str) {
     assert_eq!(
         (resp.response, resp.status),
         (S_OK, GOOD),
-        "{what}: {r:?} sense {:x?}",
-        resp.sense_key()
+        "{what}: {r:?} sense {:x?}{}",
+        resp.sense_key(),
+        if is_power_on(resp) {
+            ": the restart is visible to the guest (a POWER ON unit attention \
+             although the frontend reconnected with its inflight region)"
+        } else {
+            ""
+        }
     );
     if r.op == Op::Read {
         assert_eq!(resp.resid, 0, "{what}: {r:?}");
@@ -363,9 +405,10 @@ fn kill_rounds(op: Op, rounds: u8, tweak: impl FnOnce(&mut FrontendConfig)) {
             .unwrap()
             .expect("the connection closes with the killed daemon");
         seen_in_flight += report_kill(&fe, &format!("{what}: SIGKILL"));
+        let taken = taken(&fe);
         let bases = rig.restart_and_reconnect(&mut fe);
         assert_eq!(bases, closed, "{what}: rings restart at their used index");
-        collect(&rig, &fe, &mut reqs, &what);
+        collect(&rig, &fe, &mut reqs, &taken, &what);
         assert_quiet(&rig, &fe, &what);
         rig.assert_healthy(&what);
         if op == Op::Write {
@@ -476,7 +519,7 @@ fn sigterm_completes_every_request_before_closing() {
             "queue {q}: no interrupt for the last completion"
         );
     }
-    collect(&rig, &fe, &mut reqs, "after SIGTERM");
+    collect(&rig, &fe, &mut reqs, &HashSet::new(), "after SIGTERM");
     assert_quiet(&rig, &fe, "after SIGTERM");
     assert_eq!(rig.d.wait_exit(PATIENCE), Some(0), "{}", rig.d.log());
     assert_image(&rig, &model, "after SIGTERM");
@@ -494,7 +537,7 @@ fn sigterm_completes_every_request_before_closing() {
     }
     common::settle(&fe, [0]);
     let mut reqs = submit_batch(&fe, Op::Write, 2, &mut model);
-    collect(&rig, &fe, &mut reqs, "after the restart");
+    collect(&rig, &fe, &mut reqs, &HashSet::new(), "after the restart");
     assert_image(&rig, &model, "after the restart");
     fe.shutdown().unwrap();
     rig.assert_healthy("end");
@@ -550,8 +593,9 @@ fn a_torn_used_update_is_not_completed_twice() {
         used.wrapping_sub(1),
         region.inflight_count(vq).unwrap() - 1
     );
+    let taken = taken(&fe);
     rig.restart_and_reconnect(&mut fe);
-    collect(&rig, &fe, &mut reqs, "torn");
+    collect(&rig, &fe, &mut reqs, &taken, "torn");
     assert_quiet(&rig, &fe, "torn");
     assert_image(&rig, &model, "torn");
     fe.shutdown().unwrap();

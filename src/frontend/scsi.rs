@@ -587,7 +587,22 @@ impl ScsiFrontend {
         segs: Vec<Seg>,
         indirect: bool,
         kind: Kind,
+        allocs: Vec<(u64, u64)>,
+    ) -> Result<u64> {
+        self.push_inner(vq, tag, segs, indirect, kind, allocs, true)
+    }
+
+    /// As [`ScsiFrontend::push`], publishing (and kicking) only if `publish`.
+    #[allow(clippy::too_many_arguments)]
+    fn push_inner(
+        &self,
+        vq: usize,
+        tag: u64,
+        segs: Vec<Seg>,
+        indirect: bool,
+        kind: Kind,
         mut allocs: Vec<(u64, u64)>,
+        publish: bool,
     ) -> Result<u64> {
         let r = (|| {
             let table = if indirect {
@@ -608,7 +623,9 @@ impl ScsiFrontend {
                     allocs: std::mem::take(&mut allocs),
                 },
             );
-            q.vq.notify(&self.mem)?;
+            if publish {
+                q.vq.notify(&self.mem)?;
+            }
             Ok(tag)
         })();
         if r.is_err() {
@@ -702,6 +719,17 @@ impl ScsiFrontend {
     /// Submit a command on request queue `queue` (0-based) without waiting.
     /// Returns the frontend tag that identifies its [`Completion`].
     pub fn submit(&self, queue: usize, req: &ScsiRequest) -> Result<u64> {
+        self.submit_inner(queue, req, true)
+    }
+
+    /// As [`ScsiFrontend::submit`], but the request is only added to the
+    /// avail ring: [`ScsiFrontend::publish`] makes a whole batch visible
+    /// to the backend at once, with one kick.
+    pub fn submit_queued(&self, queue: usize, req: &ScsiRequest) -> Result<u64> {
+        self.submit_inner(queue, req, false)
+    }
+
+    fn submit_inner(&self, queue: usize, req: &ScsiRequest, publish: bool) -> Result<u64> {
         let vq = self.request_vq(queue)?;
         if req.cdb.len() > CDB_SIZE {
             return Err(Error::Config(format!("CDB of {} bytes", req.cdb.len())));
@@ -727,7 +755,7 @@ impl ScsiFrontend {
             }
         };
         let indirect = req.indirect.unwrap_or(self.indirect_default);
-        self.push(vq, tag, segs, indirect, kind, allocs)
+        self.push_inner(vq, tag, segs, indirect, kind, allocs, publish)
     }
 
     fn build_scsi(
@@ -1176,5 +1204,12 @@ impl ScsiFrontend {
     /// Avail index published so far on vhost-user queue `vq`.
     pub fn avail_idx(&self, vq: usize) -> Result<u16> {
         Ok(self.lock(vq)?.vq.avail_idx())
+    }
+
+    /// The tag of the outstanding request whose chain starts at descriptor
+    /// `head` of vhost-user queue `vq` (to name what an inflight region
+    /// marks), if any.
+    pub fn tag_of(&self, vq: usize, head: u16) -> Result<Option<u64>> {
+        Ok(self.lock(vq)?.pending.get(&head).map(|p| p.tag))
     }
 }

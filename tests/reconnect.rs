@@ -166,7 +166,7 @@ fn submit_batch(fe: &ScsiFrontend, op: Op, gen: u8, model: &mut Model) -> HashMa
         for queue in 0..QUEUES {
             let slot = queue * PER_QUEUE + i;
             let len = (64 << 10) * (1 + (i + usize::from(gen)) % 4);
-            let r = Req { slot, len, gen, op };
+            let r = Req { slot, len, op };
             let blocks = (len / 512) as u16;
             let lba = r.lba() as u32;
             let tag = match op {

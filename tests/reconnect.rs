@@ -725,10 +725,11 @@ fn hostile_regions(nq: u16, qs: u16) -> Vec<(&'static str, InflightRegion, bool)
             InflightRegion::custom(memfd(need, &[]), msg(need, 1 << 30, nq, qs)),
             true,
         ),
+        // The part the queues need is in the file: using only that is safe.
         (
-            "a huge region",
+            "a region claiming 64 TiB",
             InflightRegion::custom(memfd(need, &[]), msg(1 << 46, 0, nq, qs)),
-            true,
+            false,
         ),
         (
             "an offset not page aligned",
@@ -767,6 +768,24 @@ fn hostile_regions(nq: u16, qs: u16) -> Vec<(&'static str, InflightRegion, bool)
     v.push((
         "every head in flight",
         InflightRegion::custom(memfd(need, &all), msg(need, 0, nq, qs)),
+        false,
+    ));
+    // A plausible region naming requests that never existed (the
+    // descriptor table of the new connection is empty), counters at the
+    // top of the range.
+    let mut ghosts = Vec::new();
+    for q in 0..usize::from(nq) {
+        ghosts.push((inflight::queue_offset(q, qs), header(1, qs, 0, 0)));
+        for j in 0..8u16 {
+            ghosts.push((
+                inflight::desc_offset(q, qs, j * 5),
+                desc_state(1, 0, u64::MAX - 8 + u64::from(j)),
+            ));
+        }
+    }
+    v.push((
+        "requests that never existed",
+        InflightRegion::custom(memfd(need, &ghosts), msg(need, 0, nq, qs)),
         false,
     ));
     // Version 1 with a desc_num that is not the queue size.

@@ -4,8 +4,11 @@
 //! SET_INFLIGHT_FD, SET_FEATURES, SET_MEM_TABLE, and per ring
 //! NUM/ADDR/BASE/CALL/KICK/ENABLE; at stop GET_VRING_BASE per ring.
 
+use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use vhost::vhost_user::message::{
@@ -22,10 +25,15 @@ use super::{Error, FrontendConfig, Result};
 
 /// Pause between connection attempts while waiting for a backend.
 const RETRY_PAUSE: Duration = Duration::from_millis(20);
+/// Attempts of [`Connection::open`] while the backend refuses (not yet
+/// listening), as `Frontend::connect` does.
+const REFUSED_RETRIES: u32 = 5;
 
 /// A negotiated vhost-user connection.
 pub struct Connection {
     fe: Frontend,
+    watchdog: Watchdog,
+    timeout: Duration,
     /// Feature bits the backend offered.
     pub offered_features: u64,
     /// Feature bits acked with SET_FEATURES (after [`Connection::set_features`]).
@@ -38,20 +46,115 @@ pub struct Connection {
     pub backend_queues: u64,
 }
 
-fn vh(op: &'static str) -> impl FnOnce(vhost::Error) -> Error {
-    move |source| Error::Vhost { op, source }
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn vq(op: &'static str, queue: usize) -> impl FnOnce(vhost::Error) -> Error {
-    move |source| Error::VhostQueue { op, queue, source }
+#[derive(Default)]
+struct WatchState {
+    deadline: Option<Instant>,
+    fired: bool,
+    stop: bool,
+}
+
+#[derive(Default)]
+struct WatchShared {
+    state: Mutex<WatchState>,
+    cv: Condvar,
+}
+
+/// Shuts the socket down when a request is not answered in time: the vhost
+/// crate waits for replies without a timeout (and retries a receive
+/// timeout), so a backend that stops answering would hang the frontend.
+struct Watchdog {
+    shared: Arc<WatchShared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Watchdog {
+    fn new(sock: UnixStream) -> Result<Self> {
+        let shared = Arc::new(WatchShared::default());
+        let s = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("vhost-user-watchdog".into())
+            .spawn(move || {
+                let mut st = lock(&s.state);
+                while !st.stop {
+                    match st.deadline {
+                        None => st = s.cv.wait(st).unwrap_or_else(|p| p.into_inner()),
+                        Some(d) => {
+                            let now = Instant::now();
+                            if now >= d {
+                                let _ = sock.shutdown(Shutdown::Both);
+                                st.fired = true;
+                                st.deadline = None;
+                            } else {
+                                st =
+                                    s.cv.wait_timeout(st, d - now)
+                                        .unwrap_or_else(|p| p.into_inner())
+                                        .0;
+                            }
+                        }
+                    }
+                }
+            })
+            .map_err(|source| Error::Io {
+                op: "spawn the vhost-user watchdog",
+                source,
+            })?;
+        Ok(Watchdog {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    fn arm(&self, timeout: Duration) {
+        let mut st = lock(&self.shared.state);
+        st.deadline = Some(Instant::now() + timeout);
+        self.shared.cv.notify_one();
+    }
+
+    /// Returns whether it fired (the socket is shut down).
+    fn disarm(&self) -> bool {
+        let mut st = lock(&self.shared.state);
+        st.deadline = None;
+        st.fired
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        lock(&self.shared.state).stop = true;
+        self.shared.cv.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl Connection {
     /// Connect and negotiate protocol features and the queue count.
     pub fn open(cfg: &FrontendConfig) -> Result<Self> {
-        let needed = u64::from(cfg.request_queues) + 2;
-        let fe = Frontend::connect(&cfg.socket, needed).map_err(vh("connect"))?;
-        Self::handshake(fe, cfg)
+        let mut refused = 0;
+        let stream = loop {
+            match UnixStream::connect(&cfg.socket) {
+                Ok(s) => break s,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::ConnectionRefused
+                        && refused < REFUSED_RETRIES =>
+                {
+                    refused += 1;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(source) => {
+                    return Err(Error::Io {
+                        op: "connect to the backend",
+                        source,
+                    })
+                }
+            }
+        };
+        Self::handshake(stream, cfg)
     }
 
     /// As [`Connection::open`], retrying the connection itself (no socket
@@ -59,7 +162,6 @@ impl Connection {
     /// listening) until `deadline`: how a frontend waits for a restarted
     /// backend.
     pub fn open_until(cfg: &FrontendConfig, deadline: Instant) -> Result<Self> {
-        let needed = u64::from(cfg.request_queues) + 2;
         let stream = loop {
             match UnixStream::connect(&cfg.socket) {
                 Ok(s) => break s,
@@ -75,22 +177,56 @@ impl Connection {
                 }
             }
         };
-        Self::handshake(Frontend::from_stream(stream, needed), cfg)
+        Self::handshake(stream, cfg)
     }
 
-    fn handshake(mut fe: Frontend, cfg: &FrontendConfig) -> Result<Self> {
+    /// Run one request; a backend that does not answer within the
+    /// timeout gets its connection shut down and the request fails.
+    fn call<T>(
+        &mut self,
+        op: &'static str,
+        queue: Option<usize>,
+        f: impl FnOnce(&mut Frontend) -> vhost::Result<T>,
+    ) -> Result<T> {
+        self.watchdog.arm(self.timeout);
+        let r = f(&mut self.fe);
+        let fired = self.watchdog.disarm();
+        r.map_err(|source| match (fired, queue) {
+            (true, _) => Error::NoAnswer {
+                op,
+                timeout: self.timeout,
+            },
+            (false, Some(queue)) => Error::VhostQueue { op, queue, source },
+            (false, None) => Error::Vhost { op, source },
+        })
+    }
+
+    fn handshake(stream: UnixStream, cfg: &FrontendConfig) -> Result<Self> {
         let needed = u64::from(cfg.request_queues) + 2;
-        fe.set_owner().map_err(vh("SET_OWNER"))?;
-        let offered = fe.get_features().map_err(vh("GET_FEATURES"))?;
+        let watchdog = Watchdog::new(stream.try_clone().map_err(super::io_err("dup"))?)?;
+        let mut c = Connection {
+            fe: Frontend::from_stream(stream, needed),
+            watchdog,
+            timeout: cfg.timeout,
+            offered_features: 0,
+            acked_features: 0,
+            offered_protocol: VhostUserProtocolFeatures::empty(),
+            acked_protocol: VhostUserProtocolFeatures::empty(),
+            backend_queues: 0,
+        };
+        c.call("SET_OWNER", None, |fe| fe.set_owner())?;
+        let offered = c.call("GET_FEATURES", None, |fe| fe.get_features())?;
+        c.offered_features = offered;
         if offered & VIRTIO_F_VERSION_1 == 0 {
             return Err(Error::MissingFeature("VIRTIO_F_VERSION_1"));
         }
         if offered & VHOST_USER_F_PROTOCOL_FEATURES == 0 {
             return Err(Error::MissingFeature("VHOST_USER_F_PROTOCOL_FEATURES"));
         }
-        let offered_protocol = fe
-            .get_protocol_features()
-            .map_err(vh("GET_PROTOCOL_FEATURES"))?;
+        let offered_protocol = c.call("GET_PROTOCOL_FEATURES", None, |fe| {
+            fe.get_protocol_features()
+        })?;
+        c.offered_protocol = offered_protocol;
         let mut wanted = VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS;
@@ -98,17 +234,20 @@ impl Connection {
             wanted |= VhostUserProtocolFeatures::INFLIGHT_SHMFD;
         }
         let acked_protocol = offered_protocol & wanted;
-        fe.set_protocol_features(acked_protocol)
-            .map_err(vh("SET_PROTOCOL_FEATURES"))?;
+        c.call("SET_PROTOCOL_FEATURES", None, |fe| {
+            fe.set_protocol_features(acked_protocol)
+        })?;
+        c.acked_protocol = acked_protocol;
         if acked_protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
             // Every following request asks for an ack, so a backend's
             // refusal is reported at the request that caused it.
-            fe.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+            c.fe.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
         }
         if !acked_protocol.contains(VhostUserProtocolFeatures::MQ) {
             return Err(Error::MissingFeature("VHOST_USER_PROTOCOL_F_MQ"));
         }
-        let backend_queues = fe.get_queue_num().map_err(vh("GET_QUEUE_NUM"))?;
+        let backend_queues = c.call("GET_QUEUE_NUM", None, |fe| fe.get_queue_num())?;
+        c.backend_queues = backend_queues;
         if backend_queues < needed {
             return Err(Error::NotEnoughQueues {
                 offered: backend_queues,
@@ -116,14 +255,7 @@ impl Connection {
                 requests: cfg.request_queues,
             });
         }
-        Ok(Connection {
-            fe,
-            offered_features: offered,
-            acked_features: 0,
-            offered_protocol,
-            acked_protocol,
-            backend_queues,
-        })
+        Ok(c)
     }
 
     /// The feature bits [`Connection::set_features`] acks: VERSION_1 |
@@ -149,7 +281,7 @@ impl Connection {
 
     /// SET_FEATURES with exactly `bits`.
     pub fn ack_features(&mut self, bits: u64) -> Result<()> {
-        self.fe.set_features(bits).map_err(vh("SET_FEATURES"))?;
+        self.call("SET_FEATURES", None, |fe| fe.set_features(bits))?;
         self.acked_features = bits;
         Ok(())
     }
@@ -164,18 +296,14 @@ impl Connection {
     /// backend's region, checked and mapped.
     pub fn get_inflight(&mut self, num_queues: u16, queue_size: u16) -> Result<InflightRegion> {
         let req = VhostUserInflight::new(0, 0, num_queues, queue_size);
-        let (reply, file) = self
-            .fe
-            .get_inflight_fd(&req)
-            .map_err(vh("GET_INFLIGHT_FD"))?;
+        let (reply, file) = self.call("GET_INFLIGHT_FD", None, |fe| fe.get_inflight_fd(&req))?;
         InflightRegion::from_backend(file, &reply, num_queues, queue_size)
     }
 
     /// SET_INFLIGHT_FD with `region`'s fd and description.
     pub fn set_inflight(&mut self, region: &InflightRegion) -> Result<()> {
-        self.fe
-            .set_inflight_fd(&region.message(), region.file().as_raw_fd())
-            .map_err(vh("SET_INFLIGHT_FD"))
+        let (msg, fd) = (region.message(), region.file().as_raw_fd());
+        self.call("SET_INFLIGHT_FD", None, |fe| fe.set_inflight_fd(&msg, fd))
     }
 
     pub fn has_feature(&self, bit: u64) -> bool {
@@ -185,9 +313,7 @@ impl Connection {
     /// SET_MEM_TABLE with every region of `mem`.
     pub fn set_mem_table(&mut self, mem: &GuestMem) -> Result<()> {
         let regions = mem.region_infos()?;
-        self.fe
-            .set_mem_table(&regions)
-            .map_err(vh("SET_MEM_TABLE"))?;
+        self.call("SET_MEM_TABLE", None, |fe| fe.set_mem_table(&regions))?;
         Ok(())
     }
 
@@ -197,9 +323,7 @@ impl Connection {
     pub fn setup_queue(&mut self, mem: &GuestMem, q: &SplitQueue, base: u16) -> Result<()> {
         let i = q.index;
         let (desc, avail, used) = q.ring_addrs();
-        self.fe
-            .set_vring_num(i, q.size())
-            .map_err(vq("SET_VRING_NUM", i))?;
+        self.call("SET_VRING_NUM", Some(i), |fe| fe.set_vring_num(i, q.size()))?;
         let config = VringConfigData {
             queue_max_size: q.size(),
             queue_size: q.size(),
@@ -210,29 +334,25 @@ impl Connection {
             avail_ring_addr: mem.host_addr(avail)?,
             log_addr: None,
         };
-        self.fe
-            .set_vring_addr(i, &config)
-            .map_err(vq("SET_VRING_ADDR", i))?;
-        self.fe
-            .set_vring_base(i, base)
-            .map_err(vq("SET_VRING_BASE", i))?;
-        self.fe
-            .set_vring_call(i, q.call_fd())
-            .map_err(vq("SET_VRING_CALL", i))?;
-        self.fe
-            .set_vring_kick(i, q.kick_fd())
-            .map_err(vq("SET_VRING_KICK", i))?;
-        self.fe
-            .set_vring_enable(i, true)
-            .map_err(vq("SET_VRING_ENABLE", i))?;
+        self.call("SET_VRING_ADDR", Some(i), |fe| {
+            fe.set_vring_addr(i, &config)
+        })?;
+        self.call("SET_VRING_BASE", Some(i), |fe| fe.set_vring_base(i, base))?;
+        self.call("SET_VRING_CALL", Some(i), |fe| {
+            fe.set_vring_call(i, q.call_fd())
+        })?;
+        self.call("SET_VRING_KICK", Some(i), |fe| {
+            fe.set_vring_kick(i, q.kick_fd())
+        })?;
+        self.call("SET_VRING_ENABLE", Some(i), |fe| {
+            fe.set_vring_enable(i, true)
+        })?;
         Ok(())
     }
 
     /// GET_VRING_BASE (stops the ring in the backend); returns its avail index.
     pub fn stop_queue(&mut self, queue: usize) -> Result<u32> {
-        self.fe
-            .get_vring_base(queue)
-            .map_err(vq("GET_VRING_BASE", queue))
+        self.call("GET_VRING_BASE", Some(queue), |fe| fe.get_vring_base(queue))
     }
 
     /// Wait up to `timeout` for the backend to close the connection
@@ -303,7 +423,8 @@ impl Connection {
         }
     }
 
-    /// The underlying vhost frontend, for requests not wrapped here.
+    /// The underlying vhost frontend, for requests not wrapped here (no
+    /// timeout on those).
     pub fn frontend(&mut self) -> &mut Frontend {
         &mut self.fe
     }

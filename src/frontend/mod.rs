@@ -85,6 +85,8 @@ pub enum Error {
     NoSuchQueue(usize),
     #[error("backend broke the used ring of queue {queue}: {what}")]
     BadUsedRing { queue: usize, what: String },
+    #[error("the backend did not answer {op} within {timeout:?}: connection shut down")]
+    NoAnswer { op: &'static str, timeout: Duration },
     #[error("inflight region: {0}")]
     Inflight(String),
     #[error("vhost-user protocol: {0}")]
@@ -141,7 +143,8 @@ pub struct FrontendConfig {
     /// Number of 16-byte buffers kept on the event queue.
     pub event_buffers: u16,
     /// Timeout of the blocking calls (`command`, `tmf`, `an_query`,
-    /// `raw_chain`) and of [`ScsiFrontend::reconnect`]'s wait for a backend.
+    /// `raw_chain`), of every vhost-user request's answer, and of
+    /// [`ScsiFrontend::reconnect`]'s wait for a backend.
     pub timeout: Duration,
     /// Negotiate VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD if offered: get the
     /// backend's inflight region at the first start and give it back at

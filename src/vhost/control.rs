@@ -10,7 +10,7 @@ use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic};
 use super::device::Device;
 use super::dirty::DirtyLog;
 use super::ratelimit::{warn_limited, RateLimit};
-use super::worker::{log_used_ring, RequestWorker, Vring};
+use super::worker::{avail_index_broken, log_used_ring, RequestWorker, Vring};
 use crate::scsi::NexusId;
 use crate::virtio_scsi::{
     decode_lun, parse_ctrl, split_chain, CtrlAnResp, CtrlRequest, CtrlTmfReq, GuestMem, LunAddress,
@@ -101,6 +101,13 @@ impl ControlQueue {
                 }
             }
             if !event_idx || !state.enable_notification().unwrap_or(false) {
+                break;
+            }
+            if avail_index_broken(state.get_queue(), &mem) {
+                warn_limited!(
+                    self.log,
+                    "the guest's control-queue avail index is beyond the ring"
+                );
                 break;
             }
         }

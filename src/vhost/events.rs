@@ -16,7 +16,7 @@ use virtio_queue::QueueT;
 use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic};
 
 use super::dirty::SharedLog;
-use super::worker::{log_used_ring, Vring};
+use super::worker::{avail_index_broken, log_used_ring, Vring};
 use crate::virtio_scsi::{
     split_chain, Event, GuestMem, T_EVENTS_MISSED, T_PARAM_CHANGE, T_TRANSPORT_RESET,
 };
@@ -202,7 +202,7 @@ fn flush(inner: &mut Inner) {
             break;
         }
         match state.enable_notification() {
-            Ok(true) => continue,
+            Ok(true) if !avail_index_broken(state.get_queue(), &mem) => continue,
             _ => break,
         }
     }

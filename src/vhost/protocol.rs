@@ -192,10 +192,39 @@ impl Handler {
                     .queue_used_idx()
                     .map_err(|e| internal(format!("cannot read the used index: {e}")))?;
                 let size = vring.get_ref().get_queue().size();
-                let rec = q.recover(used, size).map_err(|e| {
+                let tracked = self.backend.worker_of(index).is_some();
+                let mut rec = q.recover(used, size).map_err(|e| {
                     tracing::error!(controller = %self.label, queue = index, error = %e, "inflight region refused");
                     internal(e.to_string())
                 })?;
+                if !tracked {
+                    // The control and event queues never mark requests: such
+                    // entries are not our region's content. They continue
+                    // from the used index (they complete in order).
+                    if !rec.resubmit.is_empty() {
+                        tracing::warn!(controller = %self.label, queue = index, entries = rec.resubmit.len(), "inflight entries on a queue we never track; ignored");
+                    }
+                    rec.resubmit.clear();
+                    rec.next_avail = used;
+                } else {
+                    // Requests in flight were taken from the avail ring: there
+                    // cannot be more of them than the guest made available.
+                    let avail = vring
+                        .get_ref()
+                        .get_queue()
+                        .avail_idx(&*self.mem.memory(), std::sync::atomic::Ordering::Acquire)
+                        .map_err(|e| internal(format!("cannot read the avail index: {e}")))?
+                        .0;
+                    let offered = avail.wrapping_sub(used);
+                    if rec.resubmit.len() > usize::from(offered) {
+                        let e = format!(
+                            "queue {index}: {} requests in flight but only {offered} made available (avail {avail}, used {used})",
+                            rec.resubmit.len()
+                        );
+                        tracing::error!(controller = %self.label, error = %e, "inflight region refused");
+                        return Err(internal(format!("inflight region: {e}")));
+                    }
+                }
                 vring.set_queue_next_avail(rec.next_avail);
                 vring.set_queue_next_used(used);
                 if rec.repaired {
@@ -209,17 +238,9 @@ impl Handler {
                     in_flight = rec.resubmit.len(),
                     "ring recovered from the inflight region"
                 );
-                match self.backend.worker_of(index) {
-                    Some(w) => {
-                        wake = !rec.resubmit.is_empty();
-                        lock(w).attach_inflight(q, rec.resubmit);
-                    }
-                    None if !rec.resubmit.is_empty() => {
-                        // The control and event queues never mark requests:
-                        // this is not our region's content.
-                        tracing::warn!(controller = %self.label, queue = index, "inflight entries on a queue we never track; ignored");
-                    }
-                    None => {}
+                if let Some(w) = self.backend.worker_of(index) {
+                    wake = !rec.resubmit.is_empty();
+                    lock(w).attach_inflight(q, rec.resubmit);
                 }
             }
         }

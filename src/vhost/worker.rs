@@ -243,6 +243,10 @@ impl RequestWorker {
                     break;
                 }
                 match state.enable_notification() {
+                    Ok(true) if avail_index_broken(state.get_queue(), &mem) => {
+                        warn_limited!(self.log, queue = self.index, "the guest's avail index is beyond the ring: ignoring the queue until its next kick");
+                        break;
+                    }
                     Ok(true) => continue,
                     Ok(false) => break,
                     Err(e) => {
@@ -917,6 +921,16 @@ fn slow_job(lb: &LunBacking, op: SlowOp, applied: Option<InflightMark>) -> super
 
 fn clamp_u32(v: u64) -> u32 {
     u32::try_from(v).unwrap_or(u32::MAX)
+}
+
+/// Is the ring's avail index more than a ring ahead of where we are (a guest
+/// error, or a state no request can be taken from)? Then "more requests
+/// available" must not make a worker spin.
+pub(crate) fn avail_index_broken(q: &virtio_queue::Queue, mem: &GuestMem) -> bool {
+    match q.avail_idx(mem, std::sync::atomic::Ordering::Acquire) {
+        Ok(avail) => avail.0.wrapping_sub(q.next_avail()) > q.size(),
+        Err(_) => true,
+    }
 }
 
 /// Mark the used ring's header and the entry just added.

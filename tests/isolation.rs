@@ -4,17 +4,21 @@
 //! Every test ends by checking that `b` saw no error and no request slower
 //! than [`MAX_STALL`], and that the daemon still runs.
 //!
-//! - guest memory shrunk under I/O (SIGBUS contained to its connection),
-//!   sealed memory that cannot shrink, memory regions outside their file;
+//! - guest memory shrunk under I/O, or to one page with the rings (SIGBUS
+//!   contained to its connection), sealed memory that cannot shrink,
+//!   memory regions outside their file, an avail index beyond the ring;
 //! - 1000 connect/close cycles and 200 sessions leave no fd, thread or
 //!   mapping behind;
 //! - no file descriptor left: the controller that cannot accept shows
 //!   `retrying` and recovers once descriptors are free;
 //! - a silent connection is closed after 5 s or replaced by a real
-//!   frontend, a second frontend on a busy controller is refused at once.
+//!   frontend; a second frontend on a busy controller is refused within
+//!   the 1 s it may wait for the first one to leave (a reconnecting
+//!   frontend's new connection is served).
 //!
 //! The tests run one at a time ([`serial`]): each asserts latencies, and
-//! the machines this runs on have two cores.
+//! the machines this runs on have two cores. The daemon bugs this file
+//! found and that are not fixed yet have ignored tests at the end.
 
 mod common;
 
@@ -49,6 +53,9 @@ const MAX_STALL: Duration = Duration::from_secs(1);
 const PATIENCE: Duration = Duration::from_secs(15);
 /// The daemon's handshake timeout (src/vhost/server.rs).
 const SILENCE: Duration = Duration::from_secs(5);
+/// How long a new connection waits for the served one to end before it is
+/// refused (src/vhost/server.rs).
+const GRACE: Duration = Duration::from_secs(1);
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -271,6 +278,16 @@ impl Traffic {
     /// Stop, shut the frontend down and check: no error, every request
     /// faster than [`MAX_STALL`], I/O on every queue.
     fn finish(self, d: &Daemon) {
+        let label = self.label.clone();
+        let fe = self.stop(d);
+        if let Err(e) = fe.shutdown() {
+            panic!("{label}: shutdown: {e}\n{}", tail(d));
+        }
+    }
+
+    /// As [`Traffic::finish`], but the frontend is returned, still
+    /// connected.
+    fn stop(self, d: &Daemon) -> ScsiFrontend {
         self.stop.store(true, Ordering::Relaxed);
         let reports: Vec<QueueReport> = self
             .threads
@@ -280,7 +297,6 @@ impl Traffic {
         let fe = Arc::try_unwrap(self.fe)
             .ok()
             .expect("the traffic threads hold the frontend");
-        let shut = fe.shutdown();
         eprintln!("{}: {reports:?}", self.label);
         for (q, r) in reports.iter().enumerate() {
             assert!(
@@ -299,9 +315,7 @@ impl Traffic {
             );
             assert!(r.requests >= 16, "{} queue {q}: {r:?}", self.label);
         }
-        if let Err(e) = shut {
-            panic!("{}: shutdown: {e}\n{}", self.label, tail(d));
-        }
+        fe
     }
 }
 
@@ -475,12 +489,8 @@ fn guest_memory_shrunk_under_io_disconnects_only_its_frontend() {
     fe.publish(0).unwrap();
     fe.kick(FIRST_REQUEST_QUEUE).unwrap();
 
-    let closed = closed_within(fe.connection().as_raw_fd(), PATIENCE);
-    assert!(
-        closed.is_some(),
-        "the daemon kept A's connection\n{}",
-        tail(&d)
-    );
+    let closed = fe.connection().wait_closed(PATIENCE).unwrap();
+    assert!(closed, "the daemon kept A's connection\n{}", tail(&d));
     assert!(d.alive(), "the daemon died:\n{}", tail(&d));
     let log = d.log();
     let line = log
@@ -575,6 +585,168 @@ fn memory_regions_outside_their_file_are_refused() {
     b.finish(&d);
     assert!(d.alive(), "the daemon died:\n{}", tail(&d));
     assert_eq!(d.stop(), Some(0));
+}
+
+/// Run `f` in a thread: `None` if it succeeds within `timeout`, else what
+/// went wrong (a hang is left behind in its thread).
+fn in_thread(
+    what: &str,
+    timeout: Duration,
+    f: Box<dyn FnOnce() -> Result<(), String> + Send>,
+) -> Option<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(format!("{what}: {e}")),
+        Err(_) => Some(format!("{what}: no answer within {timeout:?}")),
+    }
+}
+
+/// A frontend on controller `ctrl` that does verified I/O, in a thread:
+/// `None` if that works within `timeout`.
+fn serves_within(d: &Daemon, ctrl: &str, timeout: Duration) -> Option<String> {
+    let cfg = frontend_config(d, ctrl, 1);
+    in_thread(
+        &format!("a new frontend on {ctrl}"),
+        timeout,
+        Box::new(move || {
+            let fe = ScsiFrontend::connect(&cfg).map_err(|e| e.to_string())?;
+            common::settle(&fe, [0]);
+            let mut slowest = Duration::ZERO;
+            write_read(&fe, 0, 0, 11, &mut slowest)?;
+            fe.shutdown().map(|_| ()).map_err(|e| e.to_string())
+        }),
+    )
+}
+
+/// SIGTERM the daemon and wait up to `timeout` for exit code 0 (it is
+/// killed when `d` is dropped otherwise).
+fn sigterm_exit(d: &mut Daemon, timeout: Duration) -> Result<(), String> {
+    let child = d.child.as_mut().expect("the daemon runs");
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if let Some(st) = child.try_wait().unwrap() {
+            return match st.code() {
+                Some(0) => Ok(()),
+                _ => Err(format!("SIGTERM: the daemon ended with {st}")),
+            };
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(format!("SIGTERM: the daemon still runs after {timeout:?}"))
+}
+
+/// Put the avail index of request queue 0 of `fe` `ahead` entries past
+/// what was published, in its guest memory (as a guest can), and kick.
+fn bogus_avail_index(fe: &ScsiFrontend, ahead: u16) {
+    let cfg = fe.config();
+    let layout = RingLayout::new(cfg.queue_size);
+    let stride = layout.total.div_ceil(4096) * 4096;
+    let at = cfg.mem_base + stride * FIRST_REQUEST_QUEUE as u64 + layout.avail + 2;
+    let now = fe.avail_idx(FIRST_REQUEST_QUEUE).unwrap();
+    fe.mem()
+        .write(at, &now.wrapping_add(ahead).to_le_bytes())
+        .unwrap();
+    fe.kick(FIRST_REQUEST_QUEUE).unwrap();
+}
+
+/// What is wrong with controller `a` after its frontend was closed: it
+/// must return to `listening` and serve the next frontend, and the log
+/// must not grow by more than `max_lines` in 2 s meanwhile.
+fn recovery_failures(d: &mut Daemon, rpc: &mut RpcClient, max_lines: usize) -> Vec<String> {
+    let mut broken = Vec::new();
+    let lines = d.log().lines().count();
+    std::thread::sleep(Duration::from_secs(2));
+    let more = d.log().lines().count() - lines;
+    if more > max_lines {
+        broken.push(format!("{more} log lines in 2 s"));
+    }
+    let (c, ok) = reaches_state(rpc, d, "a", "listening", Duration::from_secs(5));
+    if !ok {
+        broken.push(format!("a stays {} after its frontend left", c["state"]));
+    }
+    broken.extend(serves_within(d, "a", Duration::from_secs(5)));
+    broken
+}
+
+/// A guest that writes an avail index more than a queue size ahead of the
+/// device (its own memory: no QEMU needed). This made the queue's worker
+/// spin for good before (`pop_descriptor_chain` found nothing,
+/// `enable_notification` said more was there: ~45000 error lines a second,
+/// one core busy, the connection never torn down, SIGTERM ignored); now
+/// the queue is ignored until its next kick, with a rate-limited warning.
+#[test]
+fn an_avail_index_too_far_ahead_does_not_spin_its_worker() {
+    let _serial = serial();
+    let mut d = start(false);
+    let mut rpc = d.rpc();
+    let b = Traffic::start("b", frontend(&d, "b", 2));
+    let fe = frontend(&d, "a", 1);
+    verified(&d, &fe, 0, 0, 12);
+    let rounds = b.rounds();
+    bogus_avail_index(&fe, 1000);
+    let lines = d.log().lines().count();
+    std::thread::sleep(Duration::from_secs(2));
+    let more = d.log().lines().count() - lines;
+    assert!(more < 200, "{more} log lines in 2 s\n{}", tail(&d));
+    // Once the guest puts its index right, the queue serves again.
+    bogus_avail_index(&fe, 0);
+    for k in 0..8 {
+        verified(&d, &fe, 0, k * u32::from(BLOCKS), 13);
+    }
+    b.wait_progress(&d, rounds, 3);
+    // And a guest that leaves it broken can still be disconnected.
+    bogus_avail_index(&fe, 1000);
+    drop(fe);
+    let mut broken = recovery_failures(&mut d, &mut rpc, 200);
+    b.finish(&d);
+    if let Err(e) = sigterm_exit(&mut d, Duration::from_secs(20)) {
+        broken.push(e);
+    }
+    assert!(broken.is_empty(), "{broken:#?}\n{}", tail(&d));
+}
+
+/// The guest memory shrinks to one page, so the request queue's ring is
+/// gone too: at the kick the daemon reads the avail index from the zero
+/// page its SIGBUS handler mapped (0, while the ring was further on). The
+/// fault is contained and the controller serves the next frontend (before
+/// the fix for `an_avail_index_too_far_ahead_does_not_spin_its_worker`,
+/// the worker spun and the controller never served again).
+#[test]
+fn guest_memory_shrunk_to_one_page_disconnects_only_its_frontend() {
+    let _serial = serial();
+    let mut d = start(false);
+    let mut rpc = d.rpc();
+    let b = Traffic::start("b", frontend(&d, "b", 2));
+    let fe = frontend(&d, "a", 1);
+    for k in 0..16 {
+        verified(&d, &fe, 0, k * u32::from(BLOCKS), 13);
+    }
+    let file = fe.mem().file().expect("the guest memory's memfd");
+    file.set_len(4096).unwrap();
+    // An eventfd write: this process touches none of the lost pages.
+    let rounds = b.rounds();
+    fe.kick(FIRST_REQUEST_QUEUE).unwrap();
+    let mut broken = Vec::new();
+    if !fe.connection().wait_closed(PATIENCE).unwrap() {
+        broken.push("a's connection is not closed".to_string());
+    }
+    if !d.log().contains(SIGBUS_LINE) {
+        broken.push("no SIGBUS line in the log".to_string());
+    }
+    drop(fe);
+    broken.extend(recovery_failures(&mut d, &mut rpc, 200));
+    b.wait_progress(&d, rounds, 3);
+    b.finish(&d);
+    if let Err(e) = sigterm_exit(&mut d, Duration::from_secs(20)) {
+        broken.push(e);
+    }
+    assert!(broken.is_empty(), "{broken:#?}\n{}", tail(&d));
 }
 
 /// What a process holds that a connection could leak.
@@ -1004,18 +1176,29 @@ fn silent_connections_time_out_or_give_way_and_a_second_frontend_is_refused() {
     );
     assert!(d.log().contains("replaced by a new one"), "{}", tail(&d));
 
-    // A second frontend on the busy controller is refused at once.
+    // On the busy controller, a second connection waits at most GRACE for
+    // the first one to leave and is refused then; a third one meanwhile is
+    // refused at once.
     let a = Traffic::start("a", first);
     let rounds = a.rounds();
-    for i in 0..20 {
-        let mut s = UnixStream::connect(&sock).unwrap();
+    for i in 0..6 {
+        let t = Instant::now();
+        let mut second = UnixStream::connect(&sock).unwrap();
         if i % 2 == 1 {
-            let _ = s.write_all(&vu_header(1, 0));
+            let _ = second.write_all(&vu_header(1, 0));
         }
-        let took = closed_within(s.as_raw_fd(), Duration::from_secs(5));
+        let third = UnixStream::connect(&sock).unwrap();
+        let took = closed_within(third.as_raw_fd(), Duration::from_secs(5));
         assert!(
-            took.is_some_and(|t| t < Duration::from_secs(1)),
-            "second connection {i}: closed after {took:?}\n{}",
+            took.is_some_and(|t| t < GRACE / 2),
+            "third connection {i}: closed after {took:?}\n{}",
+            tail(&d)
+        );
+        let closed = closed_within(second.as_raw_fd(), GRACE + Duration::from_secs(5));
+        let took = t.elapsed();
+        assert!(
+            closed.is_some() && took < GRACE + Duration::from_secs(1),
+            "second connection {i}: closed {closed:?}, after {took:?}\n{}",
             tail(&d)
         );
     }
@@ -1036,7 +1219,10 @@ fn silent_connections_time_out_or_give_way_and_a_second_frontend_is_refused() {
         Err(_) => panic!("a second frontend hangs\n{}", tail(&d)),
     }
     let took = t.elapsed();
-    assert!(took < Duration::from_secs(1), "refused after {took:?}");
+    assert!(
+        took < GRACE + Duration::from_secs(1),
+        "refused after {took:?}"
+    );
     assert!(
         d.log().contains("a second frontend was refused"),
         "{}",
@@ -1044,17 +1230,41 @@ fn silent_connections_time_out_or_give_way_and_a_second_frontend_is_refused() {
     );
     // The first one kept working throughout.
     a.wait_progress(&d, rounds, 5);
-    a.finish(&d);
+    let first = a.stop(&d);
+
+    // A frontend that reconnects opens its new connection before it closes
+    // the old one: the new one is served.
+    let cfg = frontend_config(&d, "a", 1);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(ScsiFrontend::connect(&cfg).map_err(|e| e.to_string()));
+    });
+    std::thread::sleep(GRACE / 5);
+    drop(first);
+    let fe = match rx.recv_timeout(PATIENCE) {
+        Ok(Ok(fe)) => fe,
+        other => panic!(
+            "the reconnecting frontend: {:?}\n{}",
+            other.map(|r| r.err()),
+            tail(&d)
+        ),
+    };
+    common::settle(&fe, [0]);
+    verified(&d, &fe, 0, 0, 9);
+    fe.shutdown().unwrap();
 
     // Once it left, the controller serves the next one.
     wait_state(&mut rpc, &d, "a", "listening");
     let fe = frontend(&d, "a", 1);
-    verified(&d, &fe, 0, 0, 9);
+    verified(&d, &fe, 0, 0, 10);
     fe.shutdown().unwrap();
     b.finish(&d);
     assert!(d.alive(), "the daemon died:\n{}", tail(&d));
     assert_eq!(d.stop(), Some(0));
 }
+
+// Daemon bugs found by this file: ignored until they are fixed (each
+// test's comment says what, where and how to run it).
 
 /// DAEMON BUG (src/mgmt/metrics.rs, found by this file): once accept(2)
 /// on the metrics socket fails (EMFILE here), the metrics endpoint is dead
@@ -1094,60 +1304,6 @@ fn metrics_survive_running_out_of_fds() {
     b.finish(&d);
     assert!(d.alive(), "the daemon died:\n{}", tail(&d));
     assert_eq!(d.stop(), Some(0));
-}
-
-/// Run `f` in a thread: `None` if it succeeds within `timeout`, else what
-/// went wrong (a hang is left behind in its thread).
-fn in_thread(
-    what: &str,
-    timeout: Duration,
-    f: Box<dyn FnOnce() -> Result<(), String> + Send>,
-) -> Option<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(timeout) {
-        Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(format!("{what}: {e}")),
-        Err(_) => Some(format!("{what}: no answer within {timeout:?}")),
-    }
-}
-
-/// A frontend on controller `ctrl` that does verified I/O, in a thread:
-/// `None` if that works within `timeout`.
-fn serves_within(d: &Daemon, ctrl: &str, timeout: Duration) -> Option<String> {
-    let cfg = frontend_config(d, ctrl, 1);
-    in_thread(
-        &format!("a new frontend on {ctrl}"),
-        timeout,
-        Box::new(move || {
-            let fe = ScsiFrontend::connect(&cfg).map_err(|e| e.to_string())?;
-            common::settle(&fe, [0]);
-            let mut slowest = Duration::ZERO;
-            write_read(&fe, 0, 0, 11, &mut slowest)?;
-            fe.shutdown().map(|_| ()).map_err(|e| e.to_string())
-        }),
-    )
-}
-
-/// SIGTERM the daemon and wait up to `timeout` for exit code 0 (it is
-/// killed when `d` is dropped otherwise).
-fn sigterm_exit(d: &mut Daemon, timeout: Duration) -> Result<(), String> {
-    let child = d.child.as_mut().expect("the daemon runs");
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if let Some(st) = child.try_wait().unwrap() {
-            return match st.code() {
-                Some(0) => Ok(()),
-                _ => Err(format!("SIGTERM: the daemon ended with {st}")),
-            };
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Err(format!("SIGTERM: the daemon still runs after {timeout:?}"))
 }
 
 /// DAEMON BUG (src/vhost/server.rs, `serve_connection`; found by this
@@ -1225,110 +1381,6 @@ fn half_a_message_does_not_hold_a_controller_the_management_or_shutdown() {
     ));
     drop(keep_rx);
     // The other controller's data path is not affected either way.
-    b.finish(&d);
-    if let Err(e) = sigterm_exit(&mut d, Duration::from_secs(20)) {
-        broken.push(e);
-    }
-    assert!(broken.is_empty(), "{broken:#?}\n{}", tail(&d));
-}
-
-/// Put the avail index of request queue 0 of `fe` `ahead` entries past
-/// what was published, in its guest memory (as a guest can), and kick.
-fn bogus_avail_index(fe: &ScsiFrontend, ahead: u16) {
-    let cfg = fe.config();
-    let layout = RingLayout::new(cfg.queue_size);
-    let stride = layout.total.div_ceil(4096) * 4096;
-    let at = cfg.mem_base + stride * FIRST_REQUEST_QUEUE as u64 + layout.avail + 2;
-    let now = fe.avail_idx(FIRST_REQUEST_QUEUE).unwrap();
-    fe.mem()
-        .write(at, &now.wrapping_add(ahead).to_le_bytes())
-        .unwrap();
-    fe.kick(FIRST_REQUEST_QUEUE).unwrap();
-}
-
-/// What is wrong with a controller after its frontend was closed: it must
-/// return to `listening` and serve the next frontend; the log must not
-/// grow by more than `max_lines` meanwhile; SIGTERM must still work.
-fn recovery_failures(d: &mut Daemon, rpc: &mut RpcClient, max_lines: usize) -> Vec<String> {
-    let mut broken = Vec::new();
-    let lines = d.log().lines().count();
-    std::thread::sleep(Duration::from_secs(2));
-    let more = d.log().lines().count() - lines;
-    if more > max_lines {
-        broken.push(format!("{more} log lines in 2 s"));
-    }
-    let (c, ok) = reaches_state(rpc, d, "a", "listening", Duration::from_secs(5));
-    if !ok {
-        broken.push(format!("a stays {} after its frontend left", c["state"]));
-    }
-    broken.extend(serves_within(d, "a", Duration::from_secs(5)));
-    broken
-}
-
-/// DAEMON BUG (src/vhost/worker.rs, the request loop around
-/// `pop_descriptor_chain`, with EVENT_IDX; found by this file): a guest
-/// that writes an avail index more than a queue size ahead of the device
-/// (its own memory: no QEMU needed) makes that queue's worker spin for
-/// good. `pop_descriptor_chain` returns `None` (virtio-queue logs "Iterator
-/// error invalid available ring index" at error level, unthrottled), then
-/// `enable_notification` returns `Ok(true)` because the avail index moved,
-/// so the loop `continue`s, forever, holding the vring lock: one core
-/// busy, ~45000 log lines a second, and the worker never sees its exit
-/// eventfd, so the connection is never torn down: the controller stays
-/// `connected` after the frontend left, no frontend is served on it any
-/// more, and SIGTERM does not stop the daemon. Reproduce:
-/// `cargo test --test isolation -- --ignored avail_index_too_far`.
-#[test]
-#[ignore = "daemon bug: an avail index more than a queue size ahead makes its worker spin for good"]
-fn an_avail_index_too_far_ahead_does_not_spin_its_worker() {
-    let _serial = serial();
-    let mut d = start(false);
-    let mut rpc = d.rpc();
-    let b = Traffic::start("b", frontend(&d, "b", 2));
-    let fe = frontend(&d, "a", 1);
-    verified(&d, &fe, 0, 0, 12);
-    bogus_avail_index(&fe, 1000);
-    drop(fe);
-    let mut broken = recovery_failures(&mut d, &mut rpc, 200);
-    b.finish(&d);
-    if let Err(e) = sigterm_exit(&mut d, Duration::from_secs(20)) {
-        broken.push(e);
-    }
-    assert!(broken.is_empty(), "{broken:#?}\n{}", tail(&d));
-}
-
-/// DAEMON BUG, the same one (see
-/// `an_avail_index_too_far_ahead_does_not_spin_its_worker`) reached
-/// through SIGBUS: the memfd shrinks to one page, so the request queue's
-/// ring is gone; at the kick the daemon reads the avail index from the
-/// zero page its SIGBUS handler mapped (0, while the ring was further on):
-/// the fault is logged and the disconnect starts, but the worker spins and
-/// the controller never serves again. Reproduce:
-/// `cargo test --test isolation -- --ignored shrunk_to_one_page`.
-#[test]
-#[ignore = "daemon bug: a ring lost with the guest memory makes its worker spin for good"]
-fn guest_memory_shrunk_to_one_page_disconnects_only_its_frontend() {
-    let _serial = serial();
-    let mut d = start(false);
-    let mut rpc = d.rpc();
-    let b = Traffic::start("b", frontend(&d, "b", 2));
-    let fe = frontend(&d, "a", 1);
-    for k in 0..16 {
-        verified(&d, &fe, 0, k * u32::from(BLOCKS), 13);
-    }
-    let file = fe.mem().file().expect("the guest memory's memfd");
-    file.set_len(4096).unwrap();
-    // An eventfd write: this process touches none of the lost pages.
-    fe.kick(FIRST_REQUEST_QUEUE).unwrap();
-    let mut broken = Vec::new();
-    if closed_within(fe.connection().as_raw_fd(), PATIENCE).is_none() {
-        broken.push("a's connection is not closed".to_string());
-    }
-    if !d.log().contains(SIGBUS_LINE) {
-        broken.push("no SIGBUS line in the log".to_string());
-    }
-    drop(fe);
-    broken.extend(recovery_failures(&mut d, &mut rpc, 200));
     b.finish(&d);
     if let Err(e) = sigterm_exit(&mut d, Duration::from_secs(20)) {
         broken.push(e);

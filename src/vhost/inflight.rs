@@ -365,16 +365,17 @@ impl QueueInflight {
             publish();
             return;
         }
+        // Every store here and in `publish` (the used index) is a release
+        // store: they become visible in program order, which is all a
+        // crash of this process needs (the region and the rings outlive
+        // it in the frontend's memory).
         let base = self.r().base(self.queue);
         self.r().store_u16(base + OFF_LAST_BATCH_HEAD, head);
-        std::sync::atomic::fence(Ordering::SeqCst);
         let Some(used_idx) = publish() else {
             return;
         };
-        std::sync::atomic::fence(Ordering::SeqCst);
         let d = self.r().desc_off(self.queue, head);
         self.r().store_u8(d + D_INFLIGHT, 0);
-        std::sync::atomic::fence(Ordering::SeqCst);
         self.r().store_u16(base + OFF_USED_IDX, used_idx);
     }
 

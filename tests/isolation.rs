@@ -558,7 +558,7 @@ fn memory_regions_outside_their_file_are_refused() {
     let cases = [
         ("larger than its file", 2 * MIB, 0),
         ("past the end of its file", MIB, MIB),
-        ("ending past 2^64", MIB, u64::MAX & !4095),
+        ("ending past 2^64", MIB, !4095u64),
         ("empty", 0, 0),
     ];
     let rounds = b.rounds();
@@ -1318,6 +1318,7 @@ fn metrics_survive_running_out_of_fds() {
 ///   since it holds the manager's lock, every later management call
 ///   (`controller_list`...) hangs too: the other VMs' management stops;
 /// - SIGTERM does not stop the daemon (it waits for that thread).
+///
 /// The same happens to a frontend that spoke and then sends half a
 /// message. Reproduce:
 /// `cargo test --test isolation -- --ignored half_a_message`.

@@ -18,6 +18,8 @@
 //!   `lun_other_commands_total`, `lun_errors_total`, `lun_in_flight`,
 //!   `lun_latency_seconds` (label `quantile`: 0.5, 0.9, 0.99, 0.999) and
 //!   `lun_latency_max_seconds`.
+//! - per controller also `controller_up` (0 while it retries after an
+//!   error or stopped) and `controller_errors_total`.
 
 use std::fmt;
 use std::io::ErrorKind;
@@ -26,9 +28,10 @@ use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -299,7 +302,7 @@ pub type StatsSource = Arc<dyn Fn() -> Stats + Send + Sync>;
 /// The HTTP endpoint serving [`render`] of a [`StatsSource`] on its own
 /// thread until [`MetricsServer::stop`] (or drop).
 pub struct MetricsServer {
-    server: Option<Arc<tiny_http::Server>>,
+    server: Arc<Current>,
     thread: Option<JoinHandle<()>>,
     local_addr: Option<SocketAddr>,
     /// The socket file to remove on stop.
@@ -316,19 +319,20 @@ impl MetricsServer {
             addr: addr.to_string(),
             source,
         };
-        let (server, unix_path) = match addr {
+        let (listener, unix_path) = match addr {
             MetricsAddr::Tcp(a) => {
                 let l = TcpListener::bind(a).map_err(listen_err)?;
-                (tiny_http::Server::from_listener(l, None), None)
+                (Listening::Tcp(l), None)
             }
             MetricsAddr::Unix(p) => {
                 remove_stale_socket(p)?;
                 // Mode 0600 from its creation; the file appears once it
                 // listens.
                 let (l, _ino) = listen_at(p, Some(0o600)).map_err(listen_err)?;
-                (tiny_http::Server::from_listener(l, None), Some(p.clone()))
+                (Listening::Unix(l), Some(p.clone()))
             }
         };
+        let server = listener.server();
         let server = match server {
             Ok(s) => Arc::new(s),
             Err(e) => {
@@ -339,14 +343,18 @@ impl MetricsServer {
             }
         };
         let local_addr = server.server_addr().to_ip();
-        let worker = server.clone();
+        let current = Arc::new(Current {
+            server: Mutex::new(Some(server)),
+            stopping: AtomicBool::new(false),
+        });
+        let worker = current.clone();
         let thread = std::thread::Builder::new()
             .name("metrics".into())
-            .spawn(move || serve(&worker, &*source));
+            .spawn(move || serve(&worker, &listener, &*source));
         let thread = match thread {
             Ok(t) => t,
             Err(e) => {
-                drop(server);
+                drop(current);
                 if let Some(p) = &unix_path {
                     let _ = std::fs::remove_file(p);
                 }
@@ -355,7 +363,7 @@ impl MetricsServer {
         };
         tracing::info!(%addr, "serving metrics");
         Ok(MetricsServer {
-            server: Some(server),
+            server: current,
             thread: Some(thread),
             local_addr,
             unix_path,
@@ -376,7 +384,8 @@ impl MetricsServer {
     }
 
     fn shutdown(&mut self) {
-        if let Some(server) = &self.server {
+        self.server.stopping.store(true, Ordering::SeqCst);
+        if let Some(server) = lock(&self.server.server).as_ref() {
             server.unblock();
         }
         if let Some(t) = self.thread.take() {
@@ -386,7 +395,7 @@ impl MetricsServer {
         }
         // Dropping the last reference closes the listener (tiny_http wakes
         // its accept thread by connecting, so the file must still exist).
-        self.server = None;
+        *lock(&self.server.server) = None;
         if let Some(p) = self.unix_path.take() {
             if let Err(e) = std::fs::remove_file(&p) {
                 if e.kind() != ErrorKind::NotFound {
@@ -421,21 +430,85 @@ fn remove_stale_socket(path: &Path) -> Result<(), MetricsError> {
     }
 }
 
-/// The request loop: until [`tiny_http::Server::unblock`].
-fn serve(server: &tiny_http::Server, source: &(dyn Fn() -> Stats + Send + Sync)) {
-    while let Ok(request) = server.recv() {
-        let path = request.url().split('?').next().unwrap_or("");
-        let response = match (request.method(), path) {
-            (tiny_http::Method::Get | tiny_http::Method::Head, "/metrics") => {
-                let body = render(&source());
-                text_response(200, body, CONTENT_TYPE)
-            }
-            (_, "/metrics") => text_response(405, "method not allowed\n".into(), "text/plain"),
-            _ => text_response(404, "not found; try /metrics\n".into(), "text/plain"),
+/// The server in service, replaced when its accept thread ended.
+struct Current {
+    server: Mutex<Option<Arc<tiny_http::Server>>>,
+    stopping: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Our own handle of the listening socket: tiny_http ends its accept
+/// thread at the first accept(2) error (EMFILE...), so a new server is
+/// built on a duplicate of it.
+enum Listening {
+    Tcp(TcpListener),
+    Unix(std::os::unix::net::UnixListener),
+}
+
+impl Listening {
+    fn server(&self) -> Result<tiny_http::Server, String> {
+        let made = match self {
+            Listening::Tcp(l) => l
+                .try_clone()
+                .map_err(|e| e.to_string())
+                .map(|l| tiny_http::Server::from_listener(l, None)),
+            Listening::Unix(l) => l
+                .try_clone()
+                .map_err(|e| e.to_string())
+                .map(|l| tiny_http::Server::from_listener(l, None)),
         };
-        if let Err(e) = request.respond(response) {
-            tracing::debug!(error = %e, "metrics response not sent");
+        made?.map_err(|e| e.to_string())
+    }
+}
+
+/// The request loop: until [`MetricsServer::stop`]. An error of the
+/// server (its accept thread ended) is logged and the server rebuilt on
+/// the same socket, with a growing pause.
+fn serve(current: &Current, listener: &Listening, source: &(dyn Fn() -> Stats + Send + Sync)) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let Some(server) = lock(&current.server).clone() else {
+            return;
+        };
+        match server.recv() {
+            Ok(request) => {
+                backoff = Duration::from_millis(50);
+                answer(request, source);
+            }
+            Err(e) => {
+                if current.stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                tracing::error!(error = %e, "metrics endpoint failed; restarting it");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                if current.stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                match listener.server() {
+                    Ok(s) => *lock(&current.server) = Some(Arc::new(s)),
+                    Err(e) => tracing::error!(error = %e, "cannot restart the metrics endpoint"),
+                }
+            }
         }
+    }
+}
+
+fn answer(request: tiny_http::Request, source: &(dyn Fn() -> Stats + Send + Sync)) {
+    let path = request.url().split('?').next().unwrap_or("");
+    let response = match (request.method(), path) {
+        (tiny_http::Method::Get | tiny_http::Method::Head, "/metrics") => {
+            let body = render(&source());
+            text_response(200, body, CONTENT_TYPE)
+        }
+        (_, "/metrics") => text_response(405, "method not allowed\n".into(), "text/plain"),
+        _ => text_response(404, "not found; try /metrics\n".into(), "text/plain"),
+    };
+    if let Err(e) = request.respond(response) {
+        tracing::debug!(error = %e, "metrics response not sent");
     }
 }
 

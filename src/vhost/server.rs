@@ -240,6 +240,9 @@ pub fn bind(path: &Path) -> Result<SocketListener, ServeError> {
 
 /// How long a new connection may stay silent before its first message.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the rest of a vhost-user message (or the frontend's reading of
+/// our reply) may take once it started.
+const MESSAGE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a new connection waits for the one being served to end before
 /// it is refused.
 const REPLACE_GRACE: Duration = Duration::from_secs(1);
@@ -352,6 +355,12 @@ fn serve_connection(
         fault.clone(),
     )));
     let sock_fd = stream.as_raw_fd();
+    // A message is read once its first byte arrived (poll below): the rest
+    // follows at once from any real frontend. One that sends half a message
+    // (or never reads our replies) must not hold this thread, and with it
+    // the controller's deletion and the daemon's shutdown.
+    stream.set_read_timeout(Some(MESSAGE_TIMEOUT))?;
+    stream.set_write_timeout(Some(MESSAGE_TIMEOUT))?;
     let closer = stream.try_clone()?;
     let mut requests = BackendReqHandler::from_stream(stream, handler.clone());
     tracing::info!(socket = %config.socket.display(), "frontend connected");

@@ -1,6 +1,7 @@
 //! vhost-user-scsi: the binary edge (argument parsing, logging, signals,
 //! exit codes). Errors are one line on stderr and exit code 1.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -14,6 +15,7 @@ use vhost_user_scsi::mgmt::api::{Api, StatsQuery};
 use vhost_user_scsi::mgmt::config;
 use vhost_user_scsi::mgmt::metrics::{MetricsAddr, MetricsServer};
 use vhost_user_scsi::mgmt::rpc_server::RpcServer;
+use vhost_user_scsi::mgmt::state::StateFile;
 use vhost_user_scsi::mgmt::Manager;
 use vhost_user_scsi::scsi::{DirPrStore, PrStore};
 
@@ -113,11 +115,55 @@ fn run_serve(args: &ServeArgs) -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let mut list: Vec<_> = file
-        .controllers
-        .into_iter()
-        .map(|c| (c.create, c.luns))
-        .collect();
+    let state_path = match (&args.state_file, &file.state_file, &args.config) {
+        (Some(p), _, _) => Some((p.clone(), "--state-file".to_string())),
+        (None, Some(p), Some(path)) => Some((p.clone(), format!("{}: state_file", path.display()))),
+        _ => None,
+    };
+    // With a state file, it alone holds the controllers (docs/management.md,
+    // "State file"): the same command line then starts the same way
+    // whatever was changed over JSON-RPC since.
+    if let Some((path, origin)) = &state_path {
+        let other = match (&args.config, &args.socket) {
+            (Some(config), _) if !file.controllers.is_empty() => {
+                Some(format!("the [[controller]] tables of {}", config.display()))
+            }
+            (_, Some(_)) => Some("--socket".to_string()),
+            _ => None,
+        };
+        if let Some(other) = other {
+            anyhow::bail!(
+                "{origin} {} cannot be combined with {other}: the state file holds every \
+                 controller (create them over JSON-RPC; see \"State file\" in docs/management.md)",
+                path.display()
+            );
+        }
+    }
+    let state_file = match &state_path {
+        Some((path, origin)) => {
+            Some(StateFile::open(path).with_context(|| format!("{origin} {}", path.display()))?)
+        }
+        None => None,
+    };
+    // Where the controllers come from, to name it in errors.
+    let source: Option<PathBuf> = match &state_file {
+        Some(sf) => Some(sf.path().to_owned()),
+        None => args.config.clone(),
+    };
+    let mut list: Vec<_> = match &state_file {
+        Some(sf) => sf
+            .load()?
+            .unwrap_or_default()
+            .controllers
+            .into_iter()
+            .map(|c| c.into_parts())
+            .collect(),
+        None => file
+            .controllers
+            .into_iter()
+            .map(|c| (c.create, c.luns))
+            .collect(),
+    };
     if let Some(shorthand) = args.shorthand()? {
         if shorthand.1.is_empty() && rpc_socket.is_none() {
             anyhow::bail!("--socket needs at least one --disk (or --rpc-socket to add LUNs later)");
@@ -125,6 +171,12 @@ fn run_serve(args: &ServeArgs) -> anyhow::Result<()> {
         list.push(shorthand);
     }
     if list.is_empty() && rpc_socket.is_none() {
+        if let Some(sf) = &state_file {
+            anyhow::bail!(
+                "nothing to serve: the state file {} holds no controller; give --rpc-socket to create some",
+                sf.path().display()
+            );
+        }
         anyhow::bail!(
             "nothing to serve: give --socket with --disk, --config, or --rpc-socket (see --help)"
         );
@@ -135,11 +187,14 @@ fn run_serve(args: &ServeArgs) -> anyhow::Result<()> {
         )),
         None => None,
     };
-    let manager = Manager::new(pr_store);
-    let batch = manager.prepare_all(&list).map_err(|e| match &args.config {
+    let manager = Manager::with_state_file(pr_store, state_file);
+    let batch = manager.prepare_all(&list).map_err(|e| match &source {
         Some(path) => anyhow::anyhow!("{}: {}", path.display(), e.message),
         None => anyhow::anyhow!(e.message),
     })?;
+    manager
+        .save_state(&batch)
+        .map_err(|e| anyhow::anyhow!(e.message))?;
     let rpc = match &rpc_socket {
         Some(path) => Some(RpcServer::bind(path)?),
         None => None,

@@ -56,6 +56,7 @@ fn bad_input_is_one_line_and_exit_1() {
     let odd = odd.display().to_string();
     let not4k = format!("{},block-size=4096", not4k.display());
     let pr_under_file = format!("{good}/pr");
+    let state_file = dir.path().join("state.json").display().to_string();
     let cases: Vec<(Vec<String>, &str)> = vec![
         (with_socket(&["--disk", &missing]), "missing.img"),
         (
@@ -105,6 +106,22 @@ fn bad_input_is_one_line_and_exit_1() {
         ),
         (with_socket(&[]), "--disk"),
         (
+            // The state file holds every controller: not with --socket.
+            with_socket(&["--disk", good, "--state-file", &state_file]),
+            "cannot be combined with --socket",
+        ),
+        (
+            // A state file whose directory cannot exist.
+            vec![
+                "serve".into(),
+                "--rpc-socket".into(),
+                s.into(),
+                "--state-file".into(),
+                format!("{good}/state.json"),
+            ],
+            "--state-file",
+        ),
+        (
             vec!["serve".into(), "--disk".into(), good.into()],
             "--socket",
         ),
@@ -124,7 +141,13 @@ fn help_and_version_exit_0() {
     let out = run(&["serve", "--help"]);
     assert_eq!(out.status.code(), Some(0));
     let help = String::from_utf8_lossy(&out.stdout);
-    for opt in ["--socket", "--disk", "--num-queues", "--queue-size"] {
+    for opt in [
+        "--socket",
+        "--disk",
+        "--num-queues",
+        "--queue-size",
+        "--state-file",
+    ] {
         assert!(help.contains(opt), "help lacks {opt}");
     }
 }
@@ -175,6 +198,14 @@ fn socket_served_by_a_live_process_is_refused_and_stale_one_replaced() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("already served"));
     assert!(sock.exists());
     drop(live);
+    // A child spawned meanwhile by a parallel test may hold the listener's
+    // fd between its fork and exec: wait until the socket is really dead.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::os::unix::net::UnixStream::connect(&sock).is_ok()
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     // The listener is gone but the file stays: a stale socket, replaced.
     assert!(sock.exists());

@@ -32,6 +32,8 @@ impl MockApi {
             num_queues: 4,
             queue_size: 256,
             connected: true,
+            state: "connected".into(),
+            last_error: None,
             luns: self.luns.lock().unwrap().clone(),
         }
     }
@@ -52,6 +54,8 @@ impl Api for MockApi {
             num_queues: p.num_queues.unwrap_or(4),
             queue_size: p.queue_size.unwrap_or(256),
             connected: false,
+            state: "listening".into(),
+            last_error: None,
             luns: vec![],
         })
     }
@@ -116,6 +120,9 @@ impl Api for MockApi {
             controllers: vec![ControllerStats {
                 name: p.controller.unwrap_or_else(|| "vm1".into()),
                 connected: true,
+                state: "connected".into(),
+                last_error: None,
+                errors: 0,
                 connections: 2,
                 queues: vec![QueueStats {
                     queue: 0,

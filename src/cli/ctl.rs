@@ -375,7 +375,11 @@ pub fn controller_table(list: &[ControllerInfo]) -> String {
             c.name.clone(),
             c.socket.display().to_string(),
             format!("{}x{}", c.num_queues, c.queue_size),
-            yes_no(c.connected),
+            if c.state.is_empty() {
+                yes_no(c.connected)
+            } else {
+                c.state.clone()
+            },
         ];
         if c.luns.is_empty() {
             let mut row = head.to_vec();
@@ -396,19 +400,22 @@ pub fn controller_table(list: &[ControllerInfo]) -> String {
     }
     table(
         &[
-            "NAME",
-            "SOCKET",
-            "QUEUES",
-            "CONNECTED",
-            "LUN",
-            "PATH",
-            "SIZE",
-            "BS",
-            "RO",
+            "NAME", "SOCKET", "QUEUES", "STATE", "LUN", "PATH", "SIZE", "BS", "RO",
         ],
         &[false, false, true, false, true, false, true, true, false],
         &rows,
-    )
+    ) + &last_errors(list)
+}
+
+/// One line per controller that has a last error.
+fn last_errors(list: &[ControllerInfo]) -> String {
+    list.iter()
+        .filter_map(|c| {
+            c.last_error
+                .as_ref()
+                .map(|e| format!("{}: last error: {e}\n", c.name))
+        })
+        .collect()
 }
 
 fn mib(bytes: u64) -> String {
@@ -703,6 +710,8 @@ mod tests {
                 num_queues: 4,
                 queue_size: 256,
                 connected: true,
+                state: "connected".into(),
+                last_error: None,
                 luns: vec![lun(0, "/img/a.img"), lun(1, "/dev/sdb")],
             },
             ControllerInfo {
@@ -711,14 +720,17 @@ mod tests {
                 num_queues: 1,
                 queue_size: 128,
                 connected: false,
+                state: "retrying".into(),
+                last_error: Some("cannot create the backend: Too many open files".into()),
                 luns: vec![],
             },
         ];
         let expected = "\
-NAME  SOCKET         QUEUES  CONNECTED  LUN  PATH            SIZE   BS  RO
-vm1   /run/vm1.sock   4x256  yes          0  /img/a.img  64.0 MiB  512  no
-vm1   /run/vm1.sock   4x256  yes          1  /dev/sdb    64.0 MiB  512  yes
-vm22  /s              1x128  no           -  -                  -    -  -
+NAME  SOCKET         QUEUES  STATE      LUN  PATH            SIZE   BS  RO
+vm1   /run/vm1.sock   4x256  connected    0  /img/a.img  64.0 MiB  512  no
+vm1   /run/vm1.sock   4x256  connected    1  /dev/sdb    64.0 MiB  512  yes
+vm22  /s              1x128  retrying     -  -                  -    -  -
+vm22: last error: cannot create the backend: Too many open files
 ";
         assert_eq!(controller_table(&list), expected);
         assert_eq!(controller_table(&[]), "no controllers\n");
@@ -730,6 +742,9 @@ vm22  /s              1x128  no           -  -                  -    -  -
             controllers: vec![ControllerStats {
                 name: "vm1".into(),
                 connected: true,
+                state: "connected".into(),
+                last_error: None,
+                errors: 0,
                 connections: 3,
                 queues: vec![
                     QueueStats {

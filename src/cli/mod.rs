@@ -79,6 +79,12 @@ pub struct ServeArgs {
     /// Maximum virtqueue size of the --socket controller (1..=1024, a power of two).
     #[arg(long, default_value_t = 256, value_parser = parse_queue_size)]
     pub queue_size: u16,
+
+    /// Keep every controller and LUN in this JSON file: rewritten
+    /// (atomically) after each change over JSON-RPC, loaded at start. Not
+    /// with --socket or [[controller]] tables in --config.
+    #[arg(long, value_name = "PATH")]
+    pub state_file: Option<PathBuf>,
 }
 
 /// Name of the controller `--socket` creates.

@@ -136,6 +136,13 @@ pub struct ControllerInfo {
     pub queue_size: u16,
     /// A frontend (QEMU) is connected.
     pub connected: bool,
+    /// `listening`, `connected`, `retrying` (an error stopped the last
+    /// connection or accept; the controller retries) or `stopped`.
+    #[serde(default)]
+    pub state: String,
+    /// The last error that stopped a connection or an accept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
     pub luns: Vec<LunInfo>,
 }
 
@@ -186,6 +193,14 @@ pub struct QueueStats {
 pub struct ControllerStats {
     pub name: String,
     pub connected: bool,
+    /// As in `controller_list`.
+    #[serde(default)]
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Errors that stopped a connection or an accept.
+    #[serde(default)]
+    pub errors: u64,
     /// Connections accepted since the controller was created.
     pub connections: u64,
     pub queues: Vec<QueueStats>,

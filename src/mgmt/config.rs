@@ -9,6 +9,7 @@
 //! rpc_socket = "/run/vhost-user-scsi/rpc.sock"
 //! metrics_addr = "127.0.0.1:9184"     # or "unix:/run/vhost-user-scsi/metrics.sock"
 //! pr_state = "/var/lib/vhost-user-scsi/pr"
+//! # state_file = "/var/lib/vhost-user-scsi/state.json"  (then no [[controller]])
 //!
 //! [[controller]]
 //! name = "vm1"
@@ -48,6 +49,8 @@ pub struct Config {
     pub metrics_addr: Option<String>,
     /// Directory for persistent-reservation state.
     pub pr_state: Option<PathBuf>,
+    /// The state file (`--state-file`, [`super::state`]).
+    pub state_file: Option<PathBuf>,
     /// The `[[controller]]` tables, in file order.
     pub controllers: Vec<ControllerConfig>,
 }
@@ -117,7 +120,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 }
 
 /// The description of an I/O error without Rust's "(os error N)" suffix.
-fn io_reason(e: &std::io::Error) -> String {
+pub(crate) fn io_reason(e: &std::io::Error) -> String {
     match e.raw_os_error() {
         Some(code) => nix::errno::Errno::from_raw(code).desc().to_owned(),
         None => e.to_string(),
@@ -147,7 +150,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
 
 /// `serde_path_to_error`'s path as we print it: `controller[0].lun[1]`,
 /// empty at the top level, without the inner fields of [`Spanned`].
-fn key_path(path: &serde_path_to_error::Path) -> String {
+pub(crate) fn key_path(path: &serde_path_to_error::Path) -> String {
     use serde_path_to_error::Segment;
     let mut s = String::new();
     for seg in path.iter() {
@@ -209,6 +212,8 @@ struct RawConfig {
     #[serde(default)]
     pr_state: Option<Spanned<PathBuf>>,
     #[serde(default)]
+    state_file: Option<Spanned<PathBuf>>,
+    #[serde(default)]
     controller: Vec<RawController>,
 }
 
@@ -259,18 +264,10 @@ fn field<T>(
     })
 }
 
-fn non_empty(p: &Path) -> Result<(), String> {
-    if p.as_os_str().is_empty() {
-        Err("path is empty".into())
-    } else {
-        Ok(())
-    }
-}
-
 impl RawConfig {
     fn check(&self) -> Result<(), Check> {
         if let Some(p) = &self.rpc_socket {
-            field(p, || "rpc_socket".into(), |p| non_empty(p))?;
+            field(p, || "rpc_socket".into(), |p| validate::path(p))?;
         }
         if let Some(a) = &self.metrics_addr {
             field(
@@ -284,7 +281,10 @@ impl RawConfig {
             )?;
         }
         if let Some(p) = &self.pr_state {
-            field(p, || "pr_state".into(), |p| non_empty(p))?;
+            field(p, || "pr_state".into(), |p| validate::path(p))?;
+        }
+        if let Some(p) = &self.state_file {
+            field(p, || "state_file".into(), |p| validate::path(p))?;
         }
         // Name -> index of the controller using it; socket -> key using it.
         let mut names: HashMap<&str, usize> = HashMap::new();
@@ -318,7 +318,7 @@ impl RawConfig {
                 });
             }
             names.insert(c.name.get_ref(), i);
-            field(&c.socket, || key("socket"), |p| non_empty(p))?;
+            field(&c.socket, || key("socket"), |p| validate::path(p))?;
             if let Some(other) = sockets.get(c.socket.get_ref()) {
                 return Err(Check {
                     span: c.socket.span(),
@@ -352,7 +352,7 @@ impl RawConfig {
                         });
                     }
                 }
-                field(&l.path, || key("path"), |p| non_empty(p))?;
+                field(&l.path, || key("path"), |p| validate::path(p))?;
                 if let Some(b) = &l.block_size {
                     field(b, || key("block_size"), |&b| validate::block_size(b))?;
                 }
@@ -369,6 +369,7 @@ impl RawConfig {
             rpc_socket: self.rpc_socket.map(Spanned::into_inner),
             metrics_addr: self.metrics_addr.map(Spanned::into_inner),
             pr_state: self.pr_state.map(Spanned::into_inner),
+            state_file: self.state_file.map(Spanned::into_inner),
             controllers: self
                 .controller
                 .into_iter()
@@ -443,6 +444,7 @@ socket = "/run/vus/vm2.sock"
                 rpc_socket: Some("/run/vus/rpc.sock".into()),
                 metrics_addr: Some("unix:/run/vus/metrics.sock".into()),
                 pr_state: Some("/var/lib/vus/pr".into()),
+                state_file: None,
                 controllers: vec![
                     ControllerConfig {
                         create: ControllerCreate {
@@ -525,7 +527,7 @@ socket = "/run/vus/vm2.sock"
         assert_eq!(
             error("\nfoo = 1\n"),
             "/etc/vus.toml:2:1: foo: unknown field `foo`, expected one of \
-             `rpc_socket`, `metrics_addr`, `pr_state`, `controller`"
+             `rpc_socket`, `metrics_addr`, `pr_state`, `state_file`, `controller`"
         );
         assert_eq!(
             error(&format!("{CTL}bogus = 1\n")),
@@ -713,6 +715,16 @@ socket = "/run/vus/vm2.sock"
         let file = dir.path().join("c.toml");
         std::fs::write(&file, "pr_state = \"/var/lib/pr\"\n").unwrap();
         assert_eq!(load(&file).unwrap().pr_state, Some("/var/lib/pr".into()));
+        std::fs::write(&file, "state_file = \"/var/lib/s.json\"\n").unwrap();
+        assert_eq!(
+            load(&file).unwrap().state_file,
+            Some("/var/lib/s.json".into())
+        );
+        std::fs::write(&file, "state_file = \"\"\n").unwrap();
+        assert_eq!(
+            load(&file).unwrap_err().to_string(),
+            format!("{}:1:14: state_file: path is empty", file.display())
+        );
         std::fs::write(&file, "pr_state = 1\n").unwrap();
         assert!(load(&file)
             .unwrap_err()

@@ -7,6 +7,11 @@
 //! on their own threads and see LUN changes through [`Device`]'s lock-free
 //! table.
 //!
+//! With a state file ([`StateFile`]), every change over [`Api`] is written
+//! to it before the call answers; a change the file cannot record is undone
+//! (additions) or not made (removals: the file is written first, since a
+//! removal cannot fail once checked and cannot be undone).
+//!
 //! A backing store is opened once however many controllers serve it (a
 //! shared disk for clustered guests): they share its logical unit, so
 //! reservations see each controller's guest as its own I_T nexus, and
@@ -22,6 +27,7 @@ use super::api::{
     LunAdd, LunInfo, LunRemove, LunResize, LunSpec, LunStats, QueueStats, Stats, StatsQuery,
 };
 use super::disk::{identity_of, open_disk};
+use super::state::{SavedController, SavedState, StateFile};
 use super::validate;
 use crate::block::Backing;
 use crate::scsi::{fnv1a64, LogicalUnit, NexusId, PrStore, Target};
@@ -97,6 +103,8 @@ struct State {
 pub struct Manager {
     state: Mutex<State>,
     pr_store: Option<Arc<dyn PrStore>>,
+    /// Where every change is recorded (`--state-file`).
+    state_file: Option<StateFile>,
     stop: Mutex<bool>,
     stop_cv: Condvar,
 }
@@ -125,9 +133,20 @@ impl Manager {
     /// A daemon with no controllers; persistent reservations (APTPL) are
     /// saved in `pr_store` when given.
     pub fn new(pr_store: Option<Arc<dyn PrStore>>) -> Arc<Self> {
+        Self::with_state_file(pr_store, None)
+    }
+
+    /// As [`Manager::new`]; with `state_file`, every controller and LUN
+    /// created or removed through [`Api`] is recorded there before the
+    /// call answers.
+    pub fn with_state_file(
+        pr_store: Option<Arc<dyn PrStore>>,
+        state_file: Option<StateFile>,
+    ) -> Arc<Self> {
         Arc::new(Manager {
             state: Mutex::new(State::default()),
             pr_store,
+            state_file,
             stop: Mutex::new(false),
             stop_cv: Condvar::new(),
         })
@@ -213,6 +232,65 @@ impl Manager {
             st.controllers.insert(c.p.name.clone(), c);
         }
         Ok(())
+    }
+
+    /// Write the state file (if any) with the running controllers and those
+    /// of `batch`: at start, before anything listens, so that the file
+    /// exists and holds the effective values from the first start on.
+    pub fn save_state(&self, batch: &Batch) -> Result<(), ApiError> {
+        let st = lock(&self.state);
+        self.persist(|| Self::saved(st.controllers.values().map(|c| &c.p).chain(batch.0.iter())))
+    }
+
+    /// The state file's content for `controllers`: every value as in
+    /// effect (LUN numbers, block sizes, serials), paths absolute.
+    fn saved<'a>(controllers: impl Iterator<Item = &'a Prepared>) -> SavedState {
+        let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_owned());
+        let mut controllers: Vec<SavedController> = controllers
+            .map(|p| SavedController {
+                name: p.name.clone(),
+                socket: absolute(&p.socket),
+                num_queues: Some(p.num_queues),
+                queue_size: Some(p.queue_size),
+                luns: p
+                    .luns
+                    .iter()
+                    .map(|(&lun, d)| LunSpec {
+                        lun: Some(lun),
+                        path: absolute(&d.path),
+                        readonly: d.unit.cfg.readonly,
+                        block_size: Some(d.block_size.bytes()),
+                        serial: Some(d.unit.cfg.serial.clone()),
+                    })
+                    .collect(),
+            })
+            .collect();
+        controllers.sort_by(|a, b| a.name.cmp(&b.name));
+        SavedState {
+            controllers,
+            ..SavedState::default()
+        }
+    }
+
+    /// The state file's content for the running controllers.
+    fn saved_now(st: &State) -> SavedState {
+        Self::saved(st.controllers.values().map(|c| &c.p))
+    }
+
+    /// Write `state()` to the state file, if there is one. A failure is
+    /// logged and returned as a FAILED error saying nothing was changed
+    /// (the caller undoes its change, or has not made it yet).
+    fn persist(&self, state: impl FnOnce() -> SavedState) -> Result<(), ApiError> {
+        let Some(file) = &self.state_file else {
+            return Ok(());
+        };
+        file.save(&state()).map_err(|e| {
+            tracing::error!(file = %file.path().display(), error = %e, "cannot write the state file");
+            ApiError::failed(format!(
+                "cannot write the state file {}: {e}; nothing was changed",
+                file.path().display()
+            ))
+        })
     }
 
     /// Check a controller and open its disks (nothing listens yet).
@@ -301,6 +379,7 @@ impl Manager {
                 .spawn(move || {
                     if let Err(e) = serve(device, &config, listener, &shutdown, &server) {
                         tracing::error!(controller = %name, error = %e, "controller stopped");
+                        server.stopped(&e.to_string());
                     }
                 })
                 .map_err(|e| ApiError::failed(format!("cannot start a thread: {e}")))?
@@ -416,6 +495,8 @@ impl Manager {
             num_queues: p.num_queues,
             queue_size: p.queue_size,
             connected: c.server.connected(),
+            state: c.server.health().state.as_str().to_string(),
+            last_error: c.server.health().last_error,
             luns: p
                 .luns
                 .iter()
@@ -460,9 +541,13 @@ impl Manager {
             .collect::<Vec<_>>();
         let mut luns = luns;
         luns.sort_by_key(|l| l.lun);
+        let health = c.server.health();
         ControllerStats {
             name: p.name.clone(),
             connected: c.server.connected(),
+            state: health.state.as_str().to_string(),
+            last_error: health.last_error,
+            errors: health.errors,
             connections: c.server.connections(),
             queues: c
                 .server
@@ -524,6 +609,17 @@ fn check_compatible(d: &Disk, spec: &LunSpec) -> Result<(), ApiError> {
 }
 
 impl Manager {
+    /// Unmap `lun` of `c`: new commands fail from here; those in flight
+    /// finish, then the backing is flushed. No event is raised.
+    fn detach_lun(c: &mut Controller, lun: u16) {
+        let lb = c.p.device.detach(lun);
+        c.server.drain_lun(lun);
+        if let Some(lb) = lb {
+            sync_backing(&lb);
+        }
+        c.p.luns.remove(&lun);
+    }
+
     fn controller<'a>(st: &'a mut State, name: &str) -> Result<&'a mut Controller, ApiError> {
         st.controllers
             .get_mut(name)
@@ -537,7 +633,13 @@ impl Api for Manager {
         let prepared = self.prepare(&st, &[], &p, &[])?;
         let c = self.start(prepared)?;
         let info = Self::info(&c);
-        st.controllers.insert(p.name, c);
+        st.controllers.insert(p.name.clone(), c);
+        if let Err(e) = self.persist(|| Self::saved_now(&st)) {
+            if let Some(mut c) = st.controllers.remove(&p.name) {
+                c.stop();
+            }
+            return Err(e);
+        }
         Ok(info)
     }
 
@@ -550,6 +652,11 @@ impl Api for Manager {
                 p.name
             )));
         }
+        self.persist(|| {
+            let mut saved = Self::saved_now(&st);
+            saved.controllers.retain(|c| c.name != p.name);
+            saved
+        })?;
         if let Some(mut c) = st.controllers.remove(&p.name) {
             c.stop();
             tracing::info!(controller = %p.name, "controller deleted");
@@ -570,17 +677,22 @@ impl Api for Manager {
             ApiError::not_found(format!("no controller named `{}`", p.controller))
         })?;
         let result = self.attach(&st, &[], &mut c.p, &p.spec());
-        let out = result.map(|lun| {
-            let info = c.p.luns.get(&lun).map(|d| Self::lun_info(&c.p, lun, d));
-            c.p.device.target.luns_changed_for(c.p.nexus);
-            c.p.device
-                .events
-                .push(transport_reset(lun, EVT_RESET_RESCAN));
-            tracing::info!(controller = %c.p.name, lun, path = %p.path.display(), "LUN added");
-            info
-        });
         st.controllers.insert(p.controller.clone(), c);
-        out?.ok_or_else(|| ApiError::new(super::api::code::INTERNAL_ERROR, "LUN vanished"))
+        let lun = result?;
+        // Recorded before the guest hears of it: undone without an event.
+        let saved = self.persist(|| Self::saved_now(&st));
+        let c = Self::controller(&mut st, &p.controller)?;
+        if let Err(e) = saved {
+            Self::detach_lun(c, lun);
+            return Err(e);
+        }
+        let info = c.p.luns.get(&lun).map(|d| Self::lun_info(&c.p, lun, d));
+        c.p.device.target.luns_changed_for(c.p.nexus);
+        c.p.device
+            .events
+            .push(transport_reset(lun, EVT_RESET_RESCAN));
+        tracing::info!(controller = %c.p.name, lun, path = %p.path.display(), "LUN added");
+        info.ok_or_else(|| ApiError::new(super::api::code::INTERNAL_ERROR, "LUN vanished"))
     }
 
     fn lun_remove(&self, p: LunRemove) -> Result<(), ApiError> {
@@ -592,13 +704,17 @@ impl Api for Manager {
                 p.lun, p.controller
             )));
         }
-        // New commands fail from here; then wait for those in flight.
-        let lb = c.p.device.detach(p.lun);
-        c.server.drain_lun(p.lun);
-        if let Some(lb) = lb {
-            sync_backing(&lb);
-        }
-        c.p.luns.remove(&p.lun);
+        self.persist(|| {
+            let mut saved = Self::saved_now(&st);
+            for c in saved.controllers.iter_mut() {
+                if c.name == p.controller {
+                    c.luns.retain(|l| l.lun != Some(p.lun));
+                }
+            }
+            saved
+        })?;
+        let c = Self::controller(&mut st, &p.controller)?;
+        Self::detach_lun(c, p.lun);
         c.p.device.target.luns_changed_for(c.p.nexus);
         c.p.device
             .events

@@ -80,6 +80,8 @@ fn gauge_value(v: u64) -> i64 {
 pub fn render(stats: &Stats) -> String {
     let connected = Family::<ControllerLabels, IntGauge>::default();
     let connections = Family::<ControllerLabels, Counter>::default();
+    let up = Family::<ControllerLabels, IntGauge>::default();
+    let ctrl_errors = Family::<ControllerLabels, Counter>::default();
     let requests = Family::<QueueLabels, Counter>::default();
     let queue_in_flight = Family::<QueueLabels, IntGauge>::default();
     let reads = Family::<LunLabels, Counter>::default();
@@ -98,6 +100,9 @@ pub fn render(stats: &Stats) -> String {
         };
         connected.get_or_create(&cl).set(i64::from(c.connected));
         connections.get_or_create(&cl).inc_by(c.connections);
+        up.get_or_create(&cl)
+            .set(i64::from(c.state != "retrying" && c.state != "stopped"));
+        ctrl_errors.get_or_create(&cl).inc_by(c.errors);
         for q in &c.queues {
             let ql = QueueLabels {
                 controller: c.name.clone(),
@@ -152,6 +157,16 @@ pub fn render(stats: &Stats) -> String {
         "controller_connections",
         "Frontend connections accepted since the controller was created",
         connections,
+    );
+    reg.register(
+        "controller_up",
+        "Whether the controller can serve (1) or is retrying after an error or stopped (0)",
+        up,
+    );
+    reg.register(
+        "controller_errors",
+        "Errors that stopped a connection or an accept of the controller",
+        ctrl_errors,
     );
     reg.register(
         "queue_requests",
@@ -450,6 +465,9 @@ mod tests {
                 ControllerStats {
                     name: "vm1".into(),
                     connected: true,
+                    state: "connected".into(),
+                    last_error: None,
+                    errors: 0,
                     connections: 3,
                     queues: vec![
                         QueueStats {

@@ -8,6 +8,8 @@
 //!   Unix socket (`--rpc-socket`, `vhost-user-scsi ctl`).
 //! - [`config`]: the `--config` TOML file (the same schema as the methods).
 //! - [`metrics`]: Prometheus metrics on `--metrics-addr`.
+//! - [`state`]: the `--state-file` (every controller and LUN, kept across
+//!   restarts).
 //! - [`validate`]: checks shared by the config file and the methods.
 //! - [`disk`]: opening a LUN's backing store.
 
@@ -19,6 +21,7 @@ mod manager;
 pub mod metrics;
 pub mod rpc_client;
 pub mod rpc_server;
+pub mod state;
 pub mod validate;
 
 pub use manager::{nexus_of, Batch, Manager};

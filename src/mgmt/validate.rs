@@ -5,6 +5,8 @@
 //! The limits are those of the command line ([`crate::cli`]) and the SCSI
 //! target ([`crate::scsi::MAX_LUN`]).
 
+use std::path::Path;
+
 use crate::cli::{MAX_NUM_QUEUES, MAX_QUEUE_SIZE};
 use crate::scsi::MAX_LUN;
 
@@ -77,6 +79,15 @@ pub fn block_size(n: u32) -> Result<(), String> {
         return Err(format!("{n} is not a supported block size (512 or 4096)"));
     }
     Ok(())
+}
+
+/// A path given in a file (socket, image, directory): not empty.
+pub fn path(p: &Path) -> Result<(), String> {
+    if p.as_os_str().is_empty() {
+        Err("path is empty".into())
+    } else {
+        Ok(())
+    }
 }
 
 /// Unit serial number: at most 252 bytes of printable ASCII (0x20..=0x7e).
@@ -155,6 +166,12 @@ mod tests {
         for bad in [0, 1024, 520, 8192] {
             assert!(block_size(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn paths() {
+        assert_eq!(path(Path::new("/a")), Ok(()));
+        assert_eq!(path(Path::new("")).unwrap_err(), "path is empty");
     }
 
     #[test]

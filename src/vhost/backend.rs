@@ -1,21 +1,16 @@
 //! `VhostUserBackend` for one virtio-scsi controller.
 
-use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use vhost::vhost_user::message::VhostUserProtocolFeatures;
-use vhost_user_backend::VhostUserBackend;
+use vhost_user_backend::VringT;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vm_memory::GuestMemoryAtomic;
-use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
 
 use super::control::ControlQueue;
 use super::device::Device;
+use super::event_loop::{TOKEN_COMPLETION, TOKEN_EVENT_KICK, TOKEN_KICK, TOKEN_SLOW};
 use super::slow::SlowLane;
 use super::stats::QueueStats;
 use super::worker::{RequestWorker, Vring};
@@ -43,6 +38,8 @@ struct Inner {
     event_idx: AtomicBool,
     control: Mutex<ControlQueue>,
     workers: Vec<Mutex<RequestWorker>>,
+    /// Control, event, request queues.
+    vrings: Vec<Vring>,
 }
 
 impl ScsiBackend {
@@ -55,6 +52,14 @@ impl ScsiBackend {
         queue_size: usize,
         mem: GuestMemoryAtomic<GuestMem>,
     ) -> Result<Self, BlockError> {
+        let max = u16::try_from(queue_size).unwrap_or(u16::MAX);
+        let mut vrings = Vec::with_capacity(FIXED_QUEUES + queue_stats.len());
+        for _ in 0..FIXED_QUEUES + queue_stats.len() {
+            vrings.push(
+                Vring::new(mem.clone(), max)
+                    .map_err(|e| BlockError::Ring(std::io::Error::other(e.to_string())))?,
+            );
+        }
         let mut workers = Vec::with_capacity(queue_stats.len());
         for (i, stats) in queue_stats.iter().enumerate() {
             let engine = Engine::new_shared(u32::try_from(queue_size).unwrap_or(1024))?;
@@ -66,6 +71,7 @@ impl ScsiBackend {
                 engine,
                 slow,
                 stats.clone(),
+                vrings.get(FIXED_QUEUES + i).cloned(),
             )));
         }
         Ok(ScsiBackend {
@@ -76,6 +82,7 @@ impl ScsiBackend {
                 mem,
                 event_idx: AtomicBool::new(false),
                 workers,
+                vrings,
             }),
         })
     }
@@ -83,18 +90,6 @@ impl ScsiBackend {
     /// Number of request queues.
     pub fn request_queues(&self) -> usize {
         self.inner.workers.len()
-    }
-
-    /// The token under which worker thread `1 + i` registers its io_uring
-    /// eventfd (tokens up to num_queues are the library's).
-    pub fn completion_token(&self) -> u64 {
-        (self.num_queues() + 1) as u64
-    }
-
-    /// The token under which worker thread `1 + i` registers its slow
-    /// lane's eventfd.
-    pub fn slow_token(&self) -> u64 {
-        (self.num_queues() + 2) as u64
     }
 
     /// The io_uring eventfd of request queue `i`.
@@ -131,24 +126,39 @@ impl ScsiBackend {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic in another thread must not take the daemon down with it.
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl VhostUserBackend for ScsiBackend {
-    type Bitmap = ();
-    type Vring = Vring;
-
-    fn num_queues(&self) -> usize {
+impl ScsiBackend {
+    /// Virtqueues of this controller: control, event, request queues.
+    pub fn num_queues(&self) -> usize {
         FIXED_QUEUES + self.inner.workers.len()
     }
 
-    fn max_queue_size(&self) -> usize {
+    pub(crate) fn max_queue_size(&self) -> usize {
         self.inner.queue_size
     }
 
-    fn features(&self) -> u64 {
+    /// The vring of virtqueue `i`.
+    pub(crate) fn vring(&self, i: usize) -> Option<&Vring> {
+        self.inner.vrings.get(i)
+    }
+
+    pub(crate) fn vrings(&self) -> &[Vring] {
+        &self.inner.vrings
+    }
+
+    /// The worker of virtqueue `queue`, if it is a request queue.
+    pub(crate) fn worker_of(&self, queue: usize) -> Option<&Mutex<RequestWorker>> {
+        queue
+            .checked_sub(FIXED_QUEUES)
+            .and_then(|i| self.inner.workers.get(i))
+    }
+
+    /// Virtio feature bits offered to the frontend.
+    pub(crate) fn features(&self) -> u64 {
         // VIRTIO_SCSI_F_HOTPLUG: LUNs attached and detached at run time
         // are announced on the event queue (TRANSPORT_RESET RESCAN and
         // REMOVED). VIRTIO_SCSI_F_CHANGE: a resize is announced with
@@ -161,92 +171,58 @@ impl VhostUserBackend for ScsiBackend {
             | F_CHANGE
     }
 
-    fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::MQ
-            | VhostUserProtocolFeatures::REPLY_ACK
-            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
-    }
-
-    fn set_event_idx(&self, enabled: bool) {
+    pub(crate) fn set_event_idx(&self, enabled: bool) {
         self.inner.event_idx.store(enabled, Ordering::Relaxed);
     }
 
-    fn update_memory(&self, _mem: GuestMemoryAtomic<GuestMem>) -> io::Result<()> {
-        // The handler updates the GuestMemoryAtomic we share with it; each
-        // request takes its own reference to the current mapping.
-        Ok(())
-    }
-
-    fn queues_per_thread(&self) -> Vec<u64> {
-        let mut v = vec![0b11u64];
-        v.extend((0..self.inner.workers.len()).map(|i| 1u64 << (FIXED_QUEUES + i)));
-        v
-    }
-
-    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        match new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC) {
-            Ok(pair) => Some(pair),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot create a worker exit eventfd");
-                None
-            }
-        }
-    }
-
-    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
-        // GET_VRING_BASE: finish every request accepted on this queue.
-        if let Some(w) = (queue_index as usize)
-            .checked_sub(FIXED_QUEUES)
-            .and_then(|i| self.inner.workers.get(i))
-        {
+    /// Stop virtqueue `queue` (GET_VRING_BASE, shutdown): finish every
+    /// request accepted on it, publishing their used entries.
+    pub(crate) fn stop_queue(&self, queue: usize) {
+        if let Some(w) = self.worker_of(queue) {
             lock(w).drain();
         }
-        Ok(())
     }
 
-    fn handle_event(
-        &self,
-        device_event: u16,
-        _evset: EventSet,
-        vrings: &[Vring],
-        thread_id: usize,
-    ) -> io::Result<()> {
+    /// An event on worker thread `thread` (0: control + event queues,
+    /// `1 + i`: request queue `i`) with epoll token `token`.
+    pub(crate) fn handle_event(&self, thread: usize, token: u64) {
         let event_idx = self.inner.event_idx.load(Ordering::Relaxed);
         let mem = &self.inner.mem;
-        if thread_id == 0 {
-            // Thread 0: vrings[0] is the control queue, vrings[1] the event
-            // queue (the guest added event buffers: deliver what waits).
-            match device_event {
-                0 => {
-                    if let Some(vring) = vrings.first() {
-                        lock(&self.inner.control).process(
-                            vring,
-                            event_idx,
-                            mem,
-                            &self.inner.workers,
-                        );
-                    }
-                }
-                1 => {
-                    if let Some(vring) = vrings.get(1) {
-                        self.inner.device.events.kicked(vring, event_idx);
-                    }
-                }
-                _ => {}
+        if thread == 0 {
+            let queue = match token {
+                TOKEN_KICK => 0,
+                TOKEN_EVENT_KICK => 1,
+                _ => return,
+            };
+            let Some(vring) = self.inner.vrings.get(queue) else {
+                return;
+            };
+            if !matches!(vring.read_kick(), Ok(true)) {
+                return;
             }
-            return Ok(());
+            if queue == 0 {
+                lock(&self.inner.control).process(vring, event_idx, mem, &self.inner.workers);
+            } else {
+                // The guest added event buffers: deliver what waits.
+                self.inner.device.events.kicked(vring, event_idx);
+            }
+            return;
         }
-        let Some(worker) = self.inner.workers.get(thread_id - 1) else {
-            return Ok(());
+        let Some(worker) = self.inner.workers.get(thread - 1) else {
+            return;
         };
-        let mut worker = lock(worker);
-        if u64::from(device_event) == self.completion_token() {
-            worker.process_completions();
-        } else if u64::from(device_event) == self.slow_token() {
-            worker.process_slow();
-        } else if let Some(vring) = vrings.first() {
-            worker.process_queue(vring, event_idx, mem);
+        match token {
+            TOKEN_COMPLETION => lock(worker).process_completions(),
+            TOKEN_SLOW => lock(worker).process_slow(),
+            TOKEN_KICK => {
+                let Some(vring) = self.inner.vrings.get(FIXED_QUEUES + thread - 1) else {
+                    return;
+                };
+                if matches!(vring.read_kick(), Ok(true)) {
+                    lock(worker).process_queue(vring, event_idx, mem);
+                }
+            }
+            _ => {}
         }
-        Ok(())
     }
 }

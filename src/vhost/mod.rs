@@ -10,10 +10,14 @@
 mod backend;
 mod control;
 mod device;
+mod event_loop;
 mod events;
 mod exec;
+mod inflight;
+mod protocol;
 mod ratelimit;
 mod server;
+mod sigbus;
 mod slow;
 mod stats;
 mod worker;
@@ -23,6 +27,7 @@ pub use device::{sync_backing, Device, LunBacking};
 pub use events::{param_change, transport_reset, EventQueue, EVT_RESET_REMOVED, EVT_RESET_RESCAN};
 pub use exec::WriteGate;
 pub use server::{
-    bind, serve, wait_for_connection, ServeError, ServerConfig, ServerState, ShutdownSignal,
+    bind, serve, wait_for_connection, ControllerState, Health, ServeError, ServerConfig,
+    ServerState, ShutdownSignal,
 };
 pub use stats::{LunSnapshot, LunStats, QueueStats};

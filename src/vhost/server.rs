@@ -3,21 +3,24 @@
 //! guest restart or a QEMU restart finds the daemon ready again.
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use vhost::vhost_user::Listener;
-use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
+use vhost::vhost_user::{BackendReqHandler, Listener};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
-use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::backend::ScsiBackend;
+use super::backend::{lock, ScsiBackend};
 use super::device::Device;
+use super::event_loop::EventLoops;
+use super::protocol::Handler;
+use super::ratelimit::{warn_limited, RateLimit};
+use super::sigbus::FaultCell;
 use super::stats::QueueStats;
 use crate::block::BlockError;
 use crate::scsi::NexusId;
@@ -59,7 +62,6 @@ pub enum ServeError {
 pub struct ShutdownSignal {
     requested: AtomicBool,
     wake: EventFd,
-    current: Mutex<Option<ShutdownHandle>>,
 }
 
 impl ShutdownSignal {
@@ -67,29 +69,16 @@ impl ShutdownSignal {
         Ok(Arc::new(ShutdownSignal {
             requested: AtomicBool::new(false),
             wake: EventFd::new(EFD_NONBLOCK)?,
-            current: Mutex::new(None),
         }))
     }
 
     pub fn trigger(&self) {
         self.requested.store(true, Ordering::SeqCst);
         let _ = self.wake.write(1);
-        if let Some(h) = self
-            .current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-        {
-            h.shutdown();
-        }
     }
 
     pub fn is_requested(&self) -> bool {
         self.requested.load(Ordering::SeqCst)
-    }
-
-    fn set_current(&self, handle: Option<ShutdownHandle>) {
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = handle;
     }
 }
 
@@ -99,6 +88,39 @@ pub struct ServerState {
     queues: Vec<Arc<QueueStats>>,
     current: Mutex<Option<ScsiBackend>>,
     connections: AtomicU64,
+    health: Mutex<Health>,
+}
+
+/// What a controller's accept loop is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ControllerState {
+    /// Waiting for a frontend.
+    Listening,
+    /// Serving a frontend.
+    Connected,
+    /// An error stopped the last connection or accept; retrying.
+    Retrying,
+    /// The accept loop ended (shutdown, or an error it cannot retry).
+    Stopped,
+}
+
+impl ControllerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ControllerState::Listening => "listening",
+            ControllerState::Connected => "connected",
+            ControllerState::Retrying => "retrying",
+            ControllerState::Stopped => "stopped",
+        }
+    }
+}
+
+/// A controller's state, last error and error count.
+#[derive(Clone, Debug)]
+pub struct Health {
+    pub state: ControllerState,
+    pub last_error: Option<String>,
+    pub errors: u64,
 }
 
 impl ServerState {
@@ -107,7 +129,42 @@ impl ServerState {
             queues: (0..request_queues).map(|_| Arc::default()).collect(),
             current: Mutex::new(None),
             connections: AtomicU64::new(0),
+            health: Mutex::new(Health {
+                state: ControllerState::Listening,
+                last_error: None,
+                errors: 0,
+            }),
         })
+    }
+
+    /// State, last error and error count.
+    pub fn health(&self) -> Health {
+        self.health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set_state(&self, state: ControllerState) {
+        self.health.lock().unwrap_or_else(|p| p.into_inner()).state = state;
+    }
+
+    /// An error the accept loop retries after: logged at error level,
+    /// counted, kept as the last error.
+    fn failed(&self, label: &str, error: &str) {
+        tracing::error!(controller = %label, error, "controller cannot serve; retrying");
+        let mut h = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        h.state = ControllerState::Retrying;
+        h.last_error = Some(error.to_string());
+        h.errors += 1;
+    }
+
+    /// The accept loop ended with `error`.
+    pub fn stopped(&self, error: &str) {
+        let mut h = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        h.state = ControllerState::Stopped;
+        h.last_error = Some(error.to_string());
+        h.errors += 1;
     }
 
     fn current(&self) -> std::sync::MutexGuard<'_, Option<ScsiBackend>> {
@@ -181,101 +238,268 @@ pub fn bind(path: &Path) -> Result<SocketListener, ServeError> {
     })
 }
 
+/// How long a new connection may stay silent before its first message.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest pause between retries after an error (fds exhausted...).
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
 /// Serve connections on `listener` until `shutdown` is triggered. Returns
 /// after the last connection's I/O is drained and the disks are flushed.
+/// An error that stops one connection (or an accept) is logged, recorded
+/// in `server` (state `retrying`, last error) and retried with a growing
+/// pause; the controller keeps its socket.
 pub fn serve(
     device: Arc<Device>,
     config: &ServerConfig,
-    mut listener: SocketListener,
+    listener: SocketListener,
     shutdown: &ShutdownSignal,
     server: &ServerState,
 ) -> Result<(), ServeError> {
+    // A frontend that shrinks its guest memory under us must not kill the
+    // daemon (src/vhost/sigbus.rs).
+    super::sigbus::install()?;
     tracing::info!(socket = %config.socket.display(), queues = config.request_queues, "listening");
-    while wait_for_connection(listener.listener.as_raw_fd(), shutdown.wake.as_raw_fd())? {
+    let label: Arc<str> = config.socket.display().to_string().into();
+    let listen_fd = listener.listener.as_raw_fd();
+    let mut backoff = Duration::ZERO;
+    let mut next: Option<UnixStream> = None;
+    server.set_state(ControllerState::Listening);
+    let result = loop {
+        if !backoff.is_zero() {
+            // Pause before retrying, but not past a shutdown.
+            if poll_timeout(&[shutdown.wake.as_raw_fd()], Some(backoff))?.is_some() {
+                break Ok(());
+            }
+        }
+        let stream = match next.take() {
+            Some(s) => s,
+            None => {
+                if !wait_for_connection(listen_fd, shutdown.wake.as_raw_fd())? {
+                    break Ok(());
+                }
+                match listener.listener.accept() {
+                    Ok(Some(stream)) => stream,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        server.failed(&label, &format!("accept failed: {e}"));
+                        backoff = grow(backoff);
+                        continue;
+                    }
+                }
+            }
+        };
         if shutdown.is_requested() {
-            break;
+            break Ok(());
         }
-        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-        let backend = ScsiBackend::new(
-            device.clone(),
-            config.nexus,
-            &server.queues,
-            config.queue_size,
-            mem.clone(),
-        )?;
-        let mut daemon =
-            VhostUserDaemon::new("vhost-user-scsi".into(), backend.clone(), mem.clone())
-                .map_err(|e| ServeError::Daemon(e.to_string()))?;
-        let handlers = daemon.get_epoll_handlers();
-        for i in 0..backend.request_queues() {
-            let (Some(h), Some(ring), Some(slow)) = (
-                handlers.get(1 + i),
-                backend.completion_fd(i),
-                backend.slow_fd(i),
-            ) else {
-                return Err(ServeError::Daemon(format!(
-                    "no worker thread for queue {i}"
-                )));
-            };
-            h.register_listener(ring, EventSet::IN, backend.completion_token())?;
-            h.register_listener(slow, EventSet::IN, backend.slow_token())?;
-        }
-        // The event queue knows the guest before its handshake starts: a
-        // kick on the event queue that came before `connect` would be lost.
-        device.events.connect(mem.clone());
-        if let Err(e) = daemon.start(&mut listener.listener) {
-            device.events.disconnect();
-            return Err(ServeError::Daemon(e.to_string()));
-        }
-        tracing::info!(socket = %config.socket.display(), "frontend connected");
-        server.connections.fetch_add(1, Ordering::Relaxed);
-        *server.current() = Some(backend.clone());
-        shutdown.set_current(daemon.shutdown_handle());
-        if shutdown.is_requested() {
-            daemon.request_shutdown();
-        }
-        let result = daemon.wait();
-        shutdown.set_current(None);
-        device.events.disconnect();
-        match result {
-            Ok(())
-            | Err(vhost_user_backend::Error::HandleRequest(
-                vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
-            )) => tracing::info!("frontend disconnected"),
-            Err(e) => tracing::warn!(error = %e, "connection ended with an error"),
-        }
-        // Finish what the guest had in flight, then let the worker threads
-        // go (dropping the daemon joins them).
-        backend.drain_all();
-        *server.current() = None;
-        drop(daemon);
+        let outcome =
+            serve_connection(&device, config, &label, stream, shutdown, server, listen_fd);
         device.sync_all();
-    }
+        match outcome {
+            Ok(replacement) => {
+                next = replacement;
+                backoff = Duration::ZERO;
+                server.set_state(ControllerState::Listening);
+            }
+            Err(e) => {
+                server.failed(&label, &e.to_string());
+                backoff = grow(backoff);
+            }
+        }
+    };
     device.sync_all();
-    tracing::info!("shut down");
-    Ok(())
+    server.set_state(ControllerState::Stopped);
+    tracing::info!(socket = %config.socket.display(), "shut down");
+    result
+}
+
+fn grow(backoff: Duration) -> Duration {
+    (backoff * 2).clamp(Duration::from_millis(100), MAX_BACKOFF)
+}
+
+/// Serve one frontend until it disconnects or `shutdown` is triggered.
+/// Returns a connection that replaced this one (see [`HANDSHAKE_TIMEOUT`]).
+fn serve_connection(
+    device: &Arc<Device>,
+    config: &ServerConfig,
+    label: &Arc<str>,
+    stream: UnixStream,
+    shutdown: &ShutdownSignal,
+    server: &ServerState,
+    listen_fd: RawFd,
+) -> Result<Option<UnixStream>, ServeError> {
+    let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+    let backend = ScsiBackend::new(
+        device.clone(),
+        config.nexus,
+        &server.queues,
+        config.queue_size,
+        mem.clone(),
+    )?;
+    let loops = EventLoops::start(&backend, label)?;
+    let fault_wake = EventFd::new(EFD_NONBLOCK)?;
+    let fault = FaultCell::new(fault_wake.as_raw_fd());
+    // The event queue knows the guest before its handshake starts: a kick
+    // on the event queue that came before `connect` would be lost.
+    device.events.connect(mem.clone());
+    let handler = Arc::new(Mutex::new(Handler::new(
+        label.clone(),
+        backend.clone(),
+        loops,
+        mem,
+        fault.clone(),
+    )));
+    let sock_fd = stream.as_raw_fd();
+    let closer = stream.try_clone()?;
+    let mut requests = BackendReqHandler::from_stream(stream, handler.clone());
+    tracing::info!(socket = %config.socket.display(), "frontend connected");
+    server.connections.fetch_add(1, Ordering::Relaxed);
+    *server.current() = Some(backend.clone());
+    server.set_state(ControllerState::Connected);
+    let accepted = Instant::now();
+    let mut heard = false;
+    let mut replacement = None;
+    let mut refused = RateLimit::new();
+    loop {
+        let fds = [
+            sock_fd,
+            shutdown.wake.as_raw_fd(),
+            fault_wake.as_raw_fd(),
+            listen_fd,
+        ];
+        let timeout = (!heard).then(|| HANDSHAKE_TIMEOUT.saturating_sub(accepted.elapsed()));
+        match poll_timeout(&fds, timeout) {
+            Ok(Some(0)) => {}
+            Ok(Some(1)) => {
+                // Finish and publish what the guest has in flight while the
+                // frontend still listens, then close: it reads final ring
+                // indexes and nothing is ever completed twice.
+                lock(&handler).quiesce();
+                tracing::info!(socket = %config.socket.display(), "frontend disconnected for shutdown");
+                break;
+            }
+            Ok(Some(2)) => {
+                let (faults, addr) = fault.faults();
+                tracing::error!(
+                    socket = %config.socket.display(),
+                    faults,
+                    address = format_args!("{addr:#x}"),
+                    "the frontend's guest memory became inaccessible (its file shrank or lost pages: SIGBUS); disconnecting it"
+                );
+                break;
+            }
+            Ok(Some(_)) => {
+                // Another frontend knocks while this one is served.
+                let Ok(Some(other)) = listener_accept(listen_fd) else {
+                    continue;
+                };
+                if heard {
+                    warn_limited!(refused, socket = %config.socket.display(), "a second frontend was refused: this controller already serves one");
+                    drop(other);
+                    continue;
+                }
+                tracing::warn!(socket = %config.socket.display(), "a connection that never spoke is replaced by a new one");
+                replacement = Some(other);
+                break;
+            }
+            Ok(None) => {
+                tracing::warn!(socket = %config.socket.display(), timeout = ?HANDSHAKE_TIMEOUT, "the frontend sent nothing; closing the connection");
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "poll on the vhost-user socket failed");
+                break;
+            }
+        }
+        match requests.handle_request() {
+            Ok(()) => heard = true,
+            Err(
+                vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
+            ) => {
+                tracing::info!(socket = %config.socket.display(), "frontend disconnected");
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(socket = %config.socket.display(), error = %e, "vhost-user request failed; closing the connection");
+                break;
+            }
+        }
+    }
+    let _ = closer.shutdown(std::net::Shutdown::Both);
+    drop(requests);
+    device.events.disconnect();
+    // Finish what the guest had in flight, then let the worker threads go
+    // (dropping the handler joins them).
+    backend.drain_all();
+    *server.current() = None;
+    match Arc::try_unwrap(handler) {
+        Ok(h) => drop(h.into_inner().unwrap_or_else(|p| p.into_inner())),
+        Err(_) => tracing::error!("protocol handler still referenced at disconnect"),
+    }
+    Ok(replacement)
+}
+
+/// accept(2) on a listening socket without blocking.
+fn listener_accept(fd: RawFd) -> io::Result<Option<UnixStream>> {
+    // SAFETY: accept4 on a listening socket fd we own; null address.
+    let rc = unsafe {
+        libc::accept4(
+            fd,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC,
+        )
+    };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        return match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(None),
+            _ => Err(e),
+        };
+    }
+    // SAFETY: accept4 returned a new fd that nothing else owns.
+    Ok(Some(unsafe { UnixStream::from_raw_fd(rc) }))
 }
 
 /// Block until the listener has a connection (true) or `wake_fd` becomes
 /// readable (false): the accept loops of the controllers and of the RPC
 /// socket.
 pub fn wait_for_connection(listen_fd: RawFd, wake_fd: RawFd) -> io::Result<bool> {
+    // The wake fd wins when both are ready.
+    Ok(poll_any(&[wake_fd, listen_fd])? != 0)
+}
+
+/// Block until one of `fds` is readable (or hung up); returns the index of
+/// the first such fd.
+fn poll_any(fds: &[RawFd]) -> io::Result<usize> {
     loop {
-        let mut fds = [
-            libc::pollfd {
-                fd: listen_fd,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: wake_fd,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: `fds` is a valid array of two pollfd for the duration of
-        // the call.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if let Some(i) = poll_timeout(fds, None)? {
+            return Ok(i);
+        }
+    }
+}
+
+/// As [`poll_any`], giving up after `timeout` (None: never): `Ok(None)`.
+fn poll_timeout(fds: &[RawFd], timeout: Option<Duration>) -> io::Result<Option<usize>> {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        let ms = match deadline {
+            None => -1,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                i32::try_from(left.as_millis()).unwrap_or(i32::MAX)
+            }
+        };
+        // SAFETY: `pfds` is a valid array of `pfds.len()` pollfd for the
+        // duration of the call.
+        let rc = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
         if rc < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -283,11 +507,11 @@ pub fn wait_for_connection(listen_fd: RawFd, wake_fd: RawFd) -> io::Result<bool>
             }
             return Err(e);
         }
-        if fds[1].revents != 0 {
-            return Ok(false);
+        if let Some(i) = pfds.iter().position(|p| p.revents != 0) {
+            return Ok(Some(i));
         }
-        if fds[0].revents != 0 {
-            return Ok(true);
+        if rc == 0 {
+            return Ok(None);
         }
     }
 }

@@ -13,18 +13,22 @@ use std::time::Instant;
 
 use vhost_user_backend::{VringRwLock, VringState, VringT};
 use virtio_queue::{DescriptorChain, QueueT};
-use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard};
+use vm_memory::{
+    ByteValued, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard,
+};
 
 use super::device::{Device, LunBacking, LunCache};
 use super::exec::{self, Gate, SlowOp};
+use super::inflight::{InflightMark, QueueInflight, Resubmit};
 use super::ratelimit::{warn_limited, RateLimit};
 use super::slow::{JobResult, SlowLane};
 use super::stats::{CmdKind, QueueStats};
 use crate::block::{Completion, Engine, EngineOp, IoVecs};
 use crate::scsi::{io_error_sense, BlockIo, IoDir, LunMapCache, NexusId, Outcome, Sense, Status};
 use crate::virtio_scsi::{
-    decode_lun, parse_cmd, split_chain, CmdRequest, CmdRespHeader, GuestMem, LunAddress, Segments,
-    SENSE_SIZE, S_BAD_TARGET, S_FAILURE, S_OK, S_OVERRUN,
+    decode_lun, parse_cmd, split_chain, split_chain_at, ChainError, CmdRequest, CmdRespHeader,
+    GuestMem, LunAddress, Segments, SplitChain, SENSE_SIZE, S_BAD_TARGET, S_FAILURE, S_OK,
+    S_OVERRUN,
 };
 
 /// The vring type the daemon uses.
@@ -91,6 +95,10 @@ pub(crate) struct RequestWorker {
     stats: Arc<QueueStats>,
     /// When the current batch of requests was taken from the ring.
     batch_start: Instant,
+    /// This queue's part of the inflight region (INFLIGHT_SHMFD).
+    inflight: Option<QueueInflight>,
+    /// Requests a dead predecessor had in flight, run before new ones.
+    resubmit: Vec<Resubmit>,
 }
 
 impl RequestWorker {
@@ -101,6 +109,7 @@ impl RequestWorker {
         engine: Engine,
         slow: SlowLane,
         stats: Arc<QueueStats>,
+        vring: Option<Vring>,
     ) -> Self {
         RequestWorker {
             index,
@@ -111,7 +120,7 @@ impl RequestWorker {
             engine,
             engine_enabled: false,
             slow,
-            vring: None,
+            vring,
             slots: Vec::new(),
             free: Vec::new(),
             completions: Vec::new(),
@@ -119,7 +128,17 @@ impl RequestWorker {
             log: RateLimit::new(),
             stats,
             batch_start: Instant::now(),
+            inflight: None,
+            resubmit: Vec::new(),
         }
+    }
+
+    /// Track this queue's requests in `inflight` from now on; `resubmit`
+    /// are the requests a dead predecessor left in flight (oldest first):
+    /// they run at the next kick, before any new request.
+    pub(crate) fn attach_inflight(&mut self, inflight: QueueInflight, resubmit: Vec<Resubmit>) {
+        self.inflight = Some(inflight);
+        self.resubmit = resubmit;
     }
 
     pub(crate) fn engine_event_fd(&self) -> std::os::fd::RawFd {
@@ -185,6 +204,9 @@ impl RequestWorker {
         self.batch_start = Instant::now();
         {
             let mut state = vring.get_mut();
+            if !self.resubmit.is_empty() {
+                completed |= self.run_resubmits(&mem, &mut state);
+            }
             loop {
                 if event_idx {
                     if let Err(e) = state.disable_notification() {
@@ -193,6 +215,9 @@ impl RequestWorker {
                 }
                 while let Some(chain) = state.get_queue_mut().pop_descriptor_chain(mem.clone()) {
                     self.stats.popped(1);
+                    if let Some(i) = &mut self.inflight {
+                        i.begin(chain.head_index());
+                    }
                     completed |= self.start_request(chain, mem.clone(), &mut state);
                     if self.engine.queued() >= chunk {
                         self.submit();
@@ -341,9 +366,13 @@ impl RequestWorker {
                     )
                 }
             };
-            if let Err(e) = state.add_used(req.head, used) {
-                warn_limited!(self.log, queue = self.index, error = %e, "add_used failed");
-            }
+            publish(
+                &mut self.inflight,
+                &mut state,
+                req.head,
+                used,
+                &mut self.log,
+            );
         }
         signal(&mut state, &mut self.log, self.index);
     }
@@ -376,9 +405,13 @@ impl RequestWorker {
                 &result.data,
                 &mut self.log,
             );
-            if let Err(e) = state.add_used(req.head, used) {
-                warn_limited!(self.log, queue = self.index, error = %e, "add_used failed");
-            }
+            publish(
+                &mut self.inflight,
+                &mut state,
+                req.head,
+                used,
+                &mut self.log,
+            );
         }
         signal(&mut state, &mut self.log, self.index);
     }
@@ -392,11 +425,65 @@ impl RequestWorker {
         state: &mut State,
     ) -> bool {
         let head = chain.head_index();
-        let split = match split_chain(chain) {
+        let split = split_chain(chain);
+        self.start_split(head, split, mem, state)
+    }
+
+    /// Run what a dead predecessor left in flight, oldest first: a request
+    /// whose response was already in guest memory is published as it is,
+    /// the others run again. Returns true if the used ring changed.
+    fn run_resubmits(&mut self, mem: &MemGuard, state: &mut State) -> bool {
+        let list = std::mem::take(&mut self.resubmit);
+        let (table, size) = {
+            let q = state.get_queue();
+            (GuestAddress(q.desc_table()), q.size())
+        };
+        let mut completed = false;
+        let n = list.len();
+        for r in list {
+            self.stats.popped(1);
+            match r.done {
+                Some(len) => {
+                    completed |= publish(&mut self.inflight, state, r.head, len, &mut self.log);
+                }
+                None if r.applied => {
+                    // Applied before the restart (COMPARE AND WRITE): the
+                    // guest only misses its GOOD answer.
+                    let used = split_chain_at(mem, table, size, r.head)
+                        .ok()
+                        .and_then(|split| parse_cmd(mem, split).ok())
+                        .map_or(0, |req| {
+                            write_response(mem, &req.resp, S_OK, Status::Good, None, 0)
+                        });
+                    completed |= publish(&mut self.inflight, state, r.head, used, &mut self.log);
+                }
+                None => {
+                    let split = split_chain_at(mem, table, size, r.head);
+                    completed |= self.start_split(r.head, split, mem.clone(), state);
+                }
+            }
+        }
+        tracing::info!(
+            queue = self.index,
+            requests = n,
+            "resubmitted requests left in flight"
+        );
+        completed
+    }
+
+    /// Start a request whose chain was split (or failed to).
+    fn start_split(
+        &mut self,
+        head: u16,
+        split: Result<SplitChain, ChainError>,
+        mem: MemGuard,
+        state: &mut State,
+    ) -> bool {
+        let split = match split {
             Ok(s) => s,
             Err(e) => {
                 warn_limited!(self.log, queue = self.index, error = %e, "malformed descriptor chain");
-                return add_used(state, head, 0, &mut self.log);
+                return publish(&mut self.inflight, state, head, 0, &mut self.log);
             }
         };
         let req = match parse_cmd(&mem, split) {
@@ -407,7 +494,7 @@ impl RequestWorker {
                     Some(resp) => write_response(&mem, resp, S_FAILURE, Status::Good, None, 0),
                     None => 0,
                 };
-                return add_used(state, head, used, &mut self.log);
+                return publish(&mut self.inflight, state, head, used, &mut self.log);
             }
         };
         let lun = match decode_lun(&req.header.lun) {
@@ -446,7 +533,7 @@ impl RequestWorker {
                     &data,
                     &mut self.log,
                 );
-                add_used(state, head, used, &mut self.log)
+                publish(&mut self.inflight, state, head, used, &mut self.log)
             }
             other => {
                 // The target accepted a command for a LUN being detached
@@ -488,7 +575,16 @@ impl RequestWorker {
                 self.push_ring(state, slot, &backing, EngineOp::Flush)
             }
             slow => {
-                let job = slow_job(&lb, SlowOp::Scsi(slow));
+                // A COMPARE AND WRITE is not idempotent: once it applied,
+                // the inflight region says so, and a restarted daemon
+                // answers it instead of comparing again.
+                let mark = match slow {
+                    Outcome::CompareAndWrite { .. } => {
+                        self.inflight.as_ref().and_then(|i| i.mark(head))
+                    }
+                    _ => None,
+                };
+                let job = slow_job(&lb, SlowOp::Scsi(slow), mark);
                 let slot = self.park(head, lb, CmdKind::Other, IoDir::Write, 0, 0, req, None, mem);
                 self.push_slow(state, slot, job)
             }
@@ -540,6 +636,7 @@ impl RequestWorker {
                         data,
                         fua: io.fua,
                     },
+                    None,
                 );
                 let slot = self.park(head, lb, kind, IoDir::Write, 0, resid, req, None, mem);
                 return self.push_slow(state, slot, job);
@@ -667,7 +764,7 @@ impl RequestWorker {
             Some(&sense),
             req.resid,
         );
-        add_used(state, req.head, used, &mut self.log)
+        publish(&mut self.inflight, state, req.head, used, &mut self.log)
     }
 
     /// Complete at once with a virtio-scsi response code and no SCSI status.
@@ -680,7 +777,7 @@ impl RequestWorker {
         response: u8,
     ) -> bool {
         let used = write_response(mem, resp, response, Status::Good, None, 0);
-        add_used(state, head, used, &mut self.log)
+        publish(&mut self.inflight, state, head, used, &mut self.log)
     }
 }
 
@@ -693,20 +790,50 @@ impl Drop for RequestWorker {
 }
 
 /// A slow-lane job for `op` on a LUN.
-fn slow_job(lb: &LunBacking, op: SlowOp) -> super::slow::Job {
+fn slow_job(lb: &LunBacking, op: SlowOp, applied: Option<InflightMark>) -> super::slow::Job {
     let backing = lb.backing.clone();
     let gate = lb.gate.clone();
     let bs = lb.block_size;
-    Box::new(move || exec::run(op, &backing, &gate, bs))
+    Box::new(move || {
+        let result = exec::run(op, &backing, &gate, bs);
+        if let (Some(mark), Status::Good) = (&applied, result.status) {
+            mark.applied();
+        }
+        result
+    })
 }
 
 fn clamp_u32(v: u64) -> u32 {
     u32::try_from(v).unwrap_or(u32::MAX)
 }
 
-fn add_used(state: &mut State, head: u16, len: u32, log: &mut RateLimit) -> bool {
-    if let Err(e) = state.add_used(head, len) {
-        warn_limited!(log, error = %e, "add_used failed");
+/// Put `head` in the used ring with `len` bytes written. With an inflight
+/// region, the request's completion is recorded first and the region
+/// follows the used ring in the spec's order, so a crash at any point
+/// leaves a state the next daemon can finish. Returns true (the used ring
+/// changed).
+fn publish(
+    inflight: &mut Option<QueueInflight>,
+    state: &mut State,
+    head: u16,
+    len: u32,
+    log: &mut RateLimit,
+) -> bool {
+    let mut add = || match state.add_used(head, len) {
+        Ok(()) => Some(state.get_queue().next_used()),
+        Err(e) => {
+            warn_limited!(log, error = %e, "add_used failed");
+            None
+        }
+    };
+    match inflight {
+        Some(i) => {
+            i.record_done(head, len);
+            i.publish(head, add);
+        }
+        None => {
+            add();
+        }
     }
     true
 }

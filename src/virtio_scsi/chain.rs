@@ -15,6 +15,7 @@ use std::io::{self, Read};
 use std::mem::size_of;
 use std::ops::Deref;
 
+use virtio_queue::desc::split::Descriptor;
 use virtio_queue::DescriptorChain;
 use vm_memory::{
     Address, ByteValued, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions,
@@ -384,43 +385,124 @@ pub fn split_chain<M>(mut chain: DescriptorChain<M>) -> Result<SplitChain, Chain
 where
     M: Deref<Target = GuestMem>,
 {
-    let head = chain.head_index();
-    let mut readable = Segments::default();
-    let mut writable = Segments::default();
-    let mut yielded_any = false;
-    let mut last_has_next = false;
-
+    let mut split = SplitBuilder::new(chain.head_index());
     while let Some(desc) = chain.next() {
-        yielded_any = true;
-        last_has_next = desc.has_next();
-        if desc.len() == 0 {
+        split.push(chain.memory(), desc)?;
+    }
+    split.finish()
+}
+
+/// The same as [`split_chain`] for the chain whose head is descriptor
+/// `head` of the table at `desc_table` (queue of `queue_size` entries):
+/// how a restarted daemon finds the requests its predecessor had in flight
+/// (the avail ring no longer says where they are). The walk follows the
+/// same rules as virtio-queue's: at most `queue_size` descriptors, one
+/// level of indirection, indirect tables a multiple of 16 bytes, and at
+/// most 4 GiB in all.
+pub fn split_chain_at(
+    mem: &GuestMem,
+    desc_table: GuestAddress,
+    queue_size: u16,
+    head: u16,
+) -> Result<SplitChain, ChainError> {
+    const MALFORMED: ChainError = ChainError::Malformed("bad descriptor in a resubmitted chain");
+    if head >= queue_size {
+        return Err(ChainError::Malformed("head index beyond the queue"));
+    }
+    let mut split = SplitBuilder::new(head);
+    let mut table = desc_table;
+    let mut size = queue_size;
+    let mut next = head;
+    let mut ttl = queue_size;
+    let mut indirect = false;
+    let mut total: u32 = 0;
+    loop {
+        if ttl == 0 || next >= size {
+            // As virtio-queue's iterator: the walk ends here and the chain
+            // is judged by its last descriptor.
+            break;
+        }
+        let addr = table
+            .checked_add(u64::from(next) * size_of::<Descriptor>() as u64)
+            .ok_or(MALFORMED)?;
+        let desc: Descriptor = mem.read_obj(addr).map_err(|_| MALFORMED)?;
+        if desc.refers_to_indirect_table() {
+            if indirect || desc.len() % 16 != 0 || desc.len() / 16 > u32::from(u16::MAX) {
+                return Err(ChainError::Malformed("bad indirect table"));
+            }
+            indirect = true;
+            table = desc.addr();
+            size = u16::try_from(desc.len() / 16).unwrap_or(0);
+            ttl = size;
+            next = 0;
             continue;
+        }
+        total = total.checked_add(desc.len()).ok_or(MALFORMED)?;
+        let more = desc.has_next();
+        next = desc.next();
+        split.push(mem, desc)?;
+        if !more {
+            break;
+        }
+        ttl -= 1;
+    }
+    split.finish()
+}
+
+/// Sorts a chain's descriptors into readable and writable segments.
+struct SplitBuilder {
+    head: u16,
+    readable: Segments,
+    writable: Segments,
+    yielded_any: bool,
+    last_has_next: bool,
+}
+
+impl SplitBuilder {
+    fn new(head: u16) -> Self {
+        SplitBuilder {
+            head,
+            readable: Segments::default(),
+            writable: Segments::default(),
+            yielded_any: false,
+            last_has_next: false,
+        }
+    }
+
+    fn push(&mut self, mem: &GuestMem, desc: Descriptor) -> Result<(), ChainError> {
+        self.yielded_any = true;
+        self.last_has_next = desc.has_next();
+        if desc.len() == 0 {
+            return Ok(());
         }
         let seg = Segment {
             addr: desc.addr(),
             len: desc.len(),
         };
         if desc.is_write_only() {
-            check_in_memory(chain.memory(), seg.addr, seg.len, Permissions::Write)?;
-            writable.push(seg)?;
+            check_in_memory(mem, seg.addr, seg.len, Permissions::Write)?;
+            self.writable.push(seg)
         } else {
-            if !writable.is_empty() {
+            if !self.writable.is_empty() {
                 return Err(ChainError::WrongDirection);
             }
-            check_in_memory(chain.memory(), seg.addr, seg.len, Permissions::Read)?;
-            readable.push(seg)?;
+            check_in_memory(mem, seg.addr, seg.len, Permissions::Read)?;
+            self.readable.push(seg)
         }
     }
-    if !yielded_any || last_has_next {
-        return Err(ChainError::Malformed(
-            "chain ended prematurely (bad next index, loop, bad indirect table or over 4 GiB)",
-        ));
+
+    fn finish(self) -> Result<SplitChain, ChainError> {
+        if !self.yielded_any || self.last_has_next {
+            return Err(ChainError::Malformed(
+                "chain ended prematurely (bad next index, loop, bad indirect table or over 4 GiB)",
+            ));
+        }
+        Ok(SplitChain {
+            head: self.head,
+            readable: self.readable,
+            writable: self.writable,
+        })
     }
-    Ok(SplitChain {
-        head,
-        readable,
-        writable,
-    })
 }
 
 /// A parsed command request.

@@ -5,7 +5,7 @@ pub mod chain;
 pub mod defs;
 
 pub use chain::{
-    parse_cmd, parse_ctrl, split_chain, BadRequest, ChainError, CmdRequest, CtrlRequest, GuestMem,
-    Segment, Segments, SplitChain,
+    parse_cmd, parse_ctrl, split_chain, split_chain_at, BadRequest, ChainError, CmdRequest,
+    CtrlRequest, GuestMem, Segment, Segments, SplitChain,
 };
 pub use defs::*;

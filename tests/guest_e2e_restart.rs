@@ -338,6 +338,19 @@ fn completed_commands(rpc: &Path) -> Option<u64> {
     Some(n)
 }
 
+/// Requests the daemon behind `rpc` has taken from the rings and not
+/// completed yet (`in_flight` of every queue in `stats`).
+fn queued_requests(rpc: &Path) -> Option<u64> {
+    let v = rpc_call(rpc, "stats")?;
+    let mut n = 0;
+    for c in v["controllers"].as_array()? {
+        for q in c["queues"].as_array()? {
+            n += q["in_flight"].as_u64()?;
+        }
+    }
+    Some(n)
+}
+
 /// `vhost-user-scsi ctl --rpc-socket RPC ARGS...`: its stdout; panics on
 /// failure.
 fn ctl(rpc: &Path, args: &[&str]) -> String {
@@ -598,6 +611,12 @@ struct Restart {
     connected: Option<f64>,
     /// Its first completed command (stats).
     first_completion: Option<Duration>,
+    /// Requests the old daemon had in flight when it was signalled (its
+    /// stats, sampled just before).
+    in_flight: Option<u64>,
+    /// Requests the new daemon found in the inflight region and resubmitted
+    /// (its log: "the previous daemon left requests in flight").
+    resubmitted: u64,
 }
 
 /// How the daemon is restarted.
@@ -651,6 +670,14 @@ fn restart_under_io(
             break;
         }
         daemon.assert_running(&format!("before restart {}", i + 1));
+        // Signal while the daemon has requests in flight (its stats, polled
+        // for up to 1 s): the guest's requests are mostly in the guest, so a
+        // blind signal would often find the daemon idle.
+        let poll_end = Instant::now() + Duration::from_secs(1);
+        let mut in_flight = queued_requests(rpc);
+        while in_flight.unwrap_or(0) == 0 && Instant::now() < poll_end {
+            in_flight = queued_requests(rpc);
+        }
         let signal_epoch = epoch_secs(SystemTime::now());
         let (signal_at, exited) = match stop {
             Stop::Kill => (daemon.sigkill(), None),
@@ -693,8 +720,13 @@ fn restart_under_io(
                 break;
             }
         }
-        let connected = daemon
-            .log_text()
+        let text = daemon.log_text();
+        let resubmitted = text
+            .lines()
+            .filter(|l| l.contains("left requests in flight"))
+            .filter_map(|l| field(l, "requests"))
+            .sum::<f64>() as u64;
+        let connected = text
             .lines()
             .find(|l| l.contains("frontend connected"))
             .and_then(log_time)
@@ -706,6 +738,8 @@ fn restart_under_io(
             listening,
             connected,
             first_completion,
+            in_flight,
+            resubmitted,
         };
         println!("{test}: {}", describe_restart(i + 1, stop, &r));
         restarts.push(r);
@@ -717,7 +751,8 @@ fn describe_restart(n: usize, stop: Stop, r: &Restart) -> String {
     let opt = |d: Option<f64>| d.map_or("n/a".to_string(), |d| format!("{d:.3} s"));
     format!(
         "restart {n} ({}): {}new daemon spawned {:.3} s, listening {:.3} s, \
-         QEMU connected {}, first command completed {} after the signal",
+         QEMU connected {}, first command completed {} after the signal; \
+         {} request(s) in flight at the signal, {} resubmitted by the new daemon",
         match stop {
             Stop::Kill => "SIGKILL",
             Stop::Term => "SIGTERM",
@@ -729,6 +764,8 @@ fn describe_restart(n: usize, stop: Stop, r: &Restart) -> String {
         secs(r.listening),
         opt(r.connected),
         opt(r.first_completion.map(secs)),
+        r.in_flight.map_or("?".into(), |n| n.to_string()),
+        r.resubmitted,
     )
 }
 
@@ -878,6 +915,24 @@ fn check_outcome(
         "{test}: the daemon logged errors:\n{}",
         daemon_errors.join("\n")
     );
+    if restarts.iter().all(|r| r.exited.is_some()) {
+        // SIGTERM drains and publishes before closing: nothing is left in
+        // the inflight region for the next daemon.
+        assert!(
+            restarts.iter().all(|r| r.resubmitted == 0),
+            "{test}: a daemon stopped with SIGTERM left requests in flight (resubmitted: {:?})",
+            restarts.iter().map(|r| r.resubmitted).collect::<Vec<_>>()
+        );
+    } else {
+        // SIGKILL was sent while the daemon had requests in flight: the
+        // next daemon must have found some in the inflight region.
+        assert!(
+            restarts.iter().any(|r| r.resubmitted > 0),
+            "{test}: no restarted daemon resubmitted a request (in flight at the kills: {:?}; \
+             log line \"the previous daemon left requests in flight\")",
+            restarts.iter().map(|r| r.in_flight).collect::<Vec<_>>()
+        );
+    }
     assert!(
         restarts.iter().all(|r| r.first_completion.is_some()),
         "{test}: a restarted daemon completed no command before the next stop (or 10 s)"
@@ -1067,6 +1122,12 @@ fn guest_e2e_restart_state_file() {
     assert_eq!(luns[0]["path"], image.to_str().unwrap(), "{test}: {c}");
     assert_eq!(luns[0]["serial"], "state-vm1", "{test}: {c}");
     stop_last(test, &mut daemon, &sockets);
+    // Stopping keeps the controllers: the state to come back to.
+    let kept = fs::read_to_string(&state).unwrap_or_default();
+    assert!(
+        kept.contains("vm1") && kept.contains("state-vm1"),
+        "{test}: the state file lost vm1 at the SIGTERM: {kept}"
+    );
     println!("{test}: total {:.1} s", secs(t0.elapsed()));
 }
 

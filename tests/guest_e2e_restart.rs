@@ -26,13 +26,19 @@
 //!   known reconnect messages, "Failed to set msg fds." and "vhost VQ N ring
 //!   restore failed", while the socket is down);
 //! * no daemon instance logged an ERROR, and the last one exits 0 on
-//!   SIGTERM.
+//!   SIGTERM;
+//! * each stop is sent while the daemon has requests in flight (its
+//!   `stats`, polled until [`SIGNAL_IN_FLIGHT`]): after SIGKILL a new daemon
+//!   resubmitted some from the INFLIGHT_SHMFD region (its log line "the
+//!   previous daemon left requests in flight ... requests=N"); after SIGTERM
+//!   none were left (drained and published before the connection closed).
 //!
 //! For each restart the host prints what it measured: how long the old
 //! daemon took to exit (SIGTERM), when the new one listened, when QEMU
-//! connected to it (its log, `RUST_LOG=debug`), and when it completed its
-//! first command (its `stats` over `--rpc-socket`, polled every 50 ms): the
-//! host-side stall, next to the guest's own worst latency.
+//! connected to it (its log, `RUST_LOG=debug`), when it completed its first
+//! command (its `stats` over `--rpc-socket`, polled every 50 ms: the
+//! host-side stall, next to the guest's own worst latency), and how many
+//! requests were in flight and resubmitted.
 //!
 //! * `guest_e2e_restart_sigkill`: `serve --socket S --disk IMG` (plus
 //!   `--rpc-socket` for the stats), SIGKILL and an immediate restart on the
@@ -71,6 +77,9 @@ const BOOT_SECS: u64 = 240;
 /// longer is killed in the guest; one stuck in the kernel is reported 10 s
 /// later. (virtio_scsi never times a command out: it re-arms the timer.)
 const ROUND_TIMEOUT_SECS: u64 = 30;
+/// The stop is sent once the daemon has this many requests in flight (or
+/// after 1.5 s of polling its stats).
+const SIGNAL_IN_FLIGHT: u64 = 8;
 /// QEMU's reconnect delay, as in docs/operations.md.
 const RECONNECT_MS: u32 = 1000;
 /// Seconds after `RESTART-IO start` at which the host stops the daemon
@@ -670,12 +679,14 @@ fn restart_under_io(
             break;
         }
         daemon.assert_running(&format!("before restart {}", i + 1));
-        // Signal while the daemon has requests in flight (its stats, polled
-        // for up to 1 s): the guest's requests are mostly in the guest, so a
-        // blind signal would often find the daemon idle.
-        let poll_end = Instant::now() + Duration::from_secs(1);
+        // Signal while the daemon has a batch of requests in flight (its
+        // stats, polled for up to 1.5 s; then whatever it has): the guest's
+        // requests are mostly in the guest, so a blind signal would often
+        // find the daemon idle, and a single request may complete between
+        // the sample and the signal.
+        let poll_end = Instant::now() + Duration::from_millis(1500);
         let mut in_flight = queued_requests(rpc);
-        while in_flight.unwrap_or(0) == 0 && Instant::now() < poll_end {
+        while in_flight.unwrap_or(0) < SIGNAL_IN_FLIGHT && Instant::now() < poll_end {
             in_flight = queued_requests(rpc);
         }
         let signal_epoch = epoch_secs(SystemTime::now());

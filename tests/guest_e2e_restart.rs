@@ -78,8 +78,8 @@ const BOOT_SECS: u64 = 240;
 /// later. (virtio_scsi never times a command out: it re-arms the timer.)
 const ROUND_TIMEOUT_SECS: u64 = 30;
 /// The stop is sent once the daemon has this many requests in flight (or
-/// after 1.5 s of polling its stats).
-const SIGNAL_IN_FLIGHT: u64 = 8;
+/// after 3 s of polling its stats).
+const SIGNAL_IN_FLIGHT: u64 = 24;
 /// QEMU's reconnect delay, as in docs/operations.md.
 const RECONNECT_MS: u32 = 1000;
 /// Seconds after `RESTART-IO start` at which the host stops the daemon
@@ -680,11 +680,11 @@ fn restart_under_io(
         }
         daemon.assert_running(&format!("before restart {}", i + 1));
         // Signal while the daemon has a batch of requests in flight (its
-        // stats, polled for up to 1.5 s; then whatever it has): the guest's
+        // stats, polled for up to 3 s; then whatever it has): the guest's
         // requests are mostly in the guest, so a blind signal would often
         // find the daemon idle, and a single request may complete between
         // the sample and the signal.
-        let poll_end = Instant::now() + Duration::from_millis(1500);
+        let poll_end = Instant::now() + Duration::from_secs(3);
         let mut in_flight = queued_requests(rpc);
         while in_flight.unwrap_or(0) < SIGNAL_IN_FLIGHT && Instant::now() < poll_end {
             in_flight = queued_requests(rpc);

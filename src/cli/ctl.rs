@@ -51,6 +51,10 @@ pub enum CtlCommand {
         /// Maximum virtqueue size (power of two up to 1024; default 256).
         #[arg(long, value_name = "N")]
         queue_size: Option<u16>,
+        /// Initiator identity of the guest (default: derived from the
+        /// socket path); the same on both controllers of a live migration.
+        #[arg(long, value_name = "ID")]
+        initiator: Option<String>,
     },
     /// Delete a controller and its LUNs.
     #[command(name = "controller_delete", alias = "controller-delete")]
@@ -173,11 +177,13 @@ pub fn request(cmd: &CtlCommand) -> anyhow::Result<(String, Option<Value>)> {
             socket,
             num_queues,
             queue_size,
+            initiator,
         } => Some(serde_json::to_value(ControllerCreate {
             name: name.clone(),
             socket: absolute(socket)?,
             num_queues: *num_queues,
             queue_size: *queue_size,
+            initiator: initiator.clone(),
         })?),
         CtlCommand::ControllerDelete { name, force } => {
             Some(serde_json::to_value(ControllerDelete {
@@ -709,6 +715,7 @@ mod tests {
                 socket: "/run/vm1.sock".into(),
                 num_queues: 4,
                 queue_size: 256,
+                initiator: None,
                 connected: true,
                 state: "connected".into(),
                 last_error: None,
@@ -719,6 +726,7 @@ mod tests {
                 socket: "/s".into(),
                 num_queues: 1,
                 queue_size: 128,
+                initiator: None,
                 connected: false,
                 state: "retrying".into(),
                 last_error: Some("cannot create the backend: Too many open files".into()),

@@ -80,6 +80,12 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 256, value_parser = parse_queue_size)]
     pub queue_size: u16,
 
+    /// Initiator identity of the --socket controller's guest (its I_T
+    /// nexus for reservations; default: derived from the socket path).
+    /// Give both ends of a live migration the same value.
+    #[arg(long, value_name = "ID")]
+    pub initiator: Option<String>,
+
     /// Keep every controller and LUN in this JSON file: rewritten
     /// (atomically) after each change over JSON-RPC, loaded at start. Not
     /// with --socket or [[controller]] tables in --config.
@@ -158,6 +164,7 @@ impl ServeArgs {
             socket: socket.clone(),
             num_queues: Some(self.num_queues),
             queue_size: Some(self.queue_size),
+            initiator: self.initiator.clone(),
         };
         Ok(Some((create, luns)))
     }

@@ -17,10 +17,17 @@
 //!
 //! Modules: [`memory`] (memfd guest memory and a buffer allocator),
 //! [`vring`] (split virtqueue driver side), [`conn`] (handshake/teardown),
-//! [`scsi`] (virtio-scsi requests), [`cdb`] (CDB builders).
+//! [`inflight`] (the inflight I/O tracking region), [`scsi`] (virtio-scsi
+//! requests), [`cdb`] (CDB builders).
+//!
+//! With VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD the frontend survives its
+//! backend: [`ScsiFrontend::reconnect`] replays the setup on a new
+//! connection (same memory, rings and inflight region) as QEMU does after a
+//! backend crash, and the requests that were outstanding complete there.
 
 pub mod cdb;
 pub mod conn;
+pub mod inflight;
 pub mod memory;
 pub mod scsi;
 pub mod vring;
@@ -29,10 +36,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use conn::Connection;
+pub use inflight::InflightRegion;
 pub use memory::{BufferAllocator, GuestMem};
 pub use scsi::{
-    ChainPart, Completion, DataDir, Outcome, QueueStats, RawCompletion, ScsiFrontend, ScsiRequest,
-    ScsiResponse, Split, CONTROL_QUEUE, EVENT_QUEUE, FIRST_REQUEST_QUEUE,
+    ChainPart, Completion, DataDir, Outcome, QueueStats, RawCompletion, RingState, ScsiFrontend,
+    ScsiRequest, ScsiResponse, Split, CONTROL_QUEUE, EVENT_QUEUE, FIRST_REQUEST_QUEUE,
 };
 pub use vring::{vring_need_event, SplitQueue};
 
@@ -77,6 +85,12 @@ pub enum Error {
     NoSuchQueue(usize),
     #[error("backend broke the used ring of queue {queue}: {what}")]
     BadUsedRing { queue: usize, what: String },
+    #[error("the backend did not answer {op} within {timeout:?}: connection shut down")]
+    NoAnswer { op: &'static str, timeout: Duration },
+    #[error("inflight region: {0}")]
+    Inflight(String),
+    #[error("vhost-user protocol: {0}")]
+    Protocol(String),
     #[error("timed out after {timeout:?} waiting on queue {queue}")]
     Timeout { queue: usize, timeout: Duration },
     #[error("{op}: {source}")]
@@ -122,15 +136,32 @@ pub struct FrontendConfig {
     pub force_features: u64,
     /// Kick after every publish, ignoring the backend's suppression hints.
     pub always_kick: bool,
+    /// Hand every ring's kick eventfd to the backend already signalled, at
+    /// the first start and at every reconnection, as QEMU does (its host
+    /// notifiers are created with a count of 1).
+    pub start_kicked: bool,
     /// Number of 16-byte buffers kept on the event queue.
     pub event_buffers: u16,
-    /// Timeout of the blocking calls (`command`, `tmf`, `an_query`, `raw_chain`).
+    /// Timeout of the blocking calls (`command`, `tmf`, `an_query`,
+    /// `raw_chain`), of every vhost-user request's answer, and of
+    /// [`ScsiFrontend::reconnect`]'s wait for a backend.
     pub timeout: Duration,
+    /// Negotiate VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD if offered: get the
+    /// backend's inflight region at the first start and give it back at
+    /// every reconnection.
+    pub inflight: bool,
+    /// Send GET/SET_INFLIGHT_FD before the first SET_FEATURES (QEMU before
+    /// 5.2). Off: SET_FEATURES first, then GET/SET_INFLIGHT_FD, then
+    /// SET_FEATURES again with the rest of the start (QEMU's
+    /// `vhost_dev_prepare_inflight` since 5.2).
+    pub inflight_before_features: bool,
 }
 
 impl FrontendConfig {
     /// Defaults: 2 request queues of 128 entries, 64 MiB at guest-physical
-    /// 4 GiB, EVENT_IDX on, indirect off, 8 event buffers, 30 s timeout.
+    /// 4 GiB, EVENT_IDX on, indirect off, 8 event buffers, 30 s timeout,
+    /// INFLIGHT_SHMFD on (QEMU's current order), kick eventfds handed over
+    /// signalled (as QEMU).
     pub fn new(socket: impl Into<PathBuf>) -> Self {
         FrontendConfig {
             socket: socket.into(),
@@ -144,8 +175,11 @@ impl FrontendConfig {
             extra_features: 0,
             force_features: 0,
             always_kick: false,
+            start_kicked: true,
             event_buffers: 8,
             timeout: Duration::from_secs(30),
+            inflight: true,
+            inflight_before_features: false,
         }
     }
 }

@@ -11,6 +11,7 @@ use vm_memory::{ByteValued, Bytes, GuestAddress};
 
 use super::conn::Connection;
 use super::features::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use super::inflight::InflightRegion;
 use super::memory::{BufferAllocator, GuestMem};
 use super::vring::{Desc, RingLayout, Seg, SplitQueue, Used};
 use super::{Error, FrontendConfig, Result};
@@ -220,12 +221,32 @@ pub struct QueueStats {
     pub free_descriptors: usize,
 }
 
-/// A virtio-scsi device driven over vhost-user. All methods take `&self`
-/// (every queue has its own lock), so `Arc<ScsiFrontend>` can be shared by
-/// one thread per request queue.
+/// Indexes of one ring, as the frontend knows them and as the device left
+/// them in guest memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RingState {
+    /// avail->idx as published (visible to the device).
+    pub published: u16,
+    /// avail index including chains added but not yet published.
+    pub avail_idx: u16,
+    /// used->idx in guest memory (written by the device).
+    pub used_idx: u16,
+    /// Used elements the frontend took so far.
+    pub last_used: u16,
+    /// Chains outstanding in the frontend (added, not yet taken back).
+    pub in_flight: usize,
+}
+
+/// A virtio-scsi device driven over vhost-user. All methods but
+/// [`ScsiFrontend::reconnect`] take `&self` (every queue has its own
+/// lock), so `Arc<ScsiFrontend>` can be shared by one thread per request
+/// queue.
 pub struct ScsiFrontend {
     cfg: FrontendConfig,
     conn: Connection,
+    /// The inflight region (INFLIGHT_SHMFD negotiated), kept across
+    /// reconnections.
+    inflight: Option<InflightRegion>,
     mem: GuestMem,
     alloc: Mutex<BufferAllocator>,
     queues: Vec<Mutex<QueueState>>,
@@ -241,12 +262,24 @@ fn align_up(x: u64, a: u64) -> u64 {
 
 impl ScsiFrontend {
     /// Create guest memory, connect, negotiate and start every queue, and
-    /// put `event_buffers` buffers on the event queue.
+    /// put `event_buffers` buffers on the event queue. With
+    /// `cfg.inflight` and a backend that offers INFLIGHT_SHMFD, the
+    /// backend's inflight region is fetched (GET_INFLIGHT_FD) and handed
+    /// back (SET_INFLIGHT_FD) before the rings start.
     pub fn connect(cfg: &FrontendConfig) -> Result<Self> {
+        Self::connect_inner(cfg, None)
+    }
+
+    /// As [`ScsiFrontend::connect`], but hand the backend `region` with
+    /// SET_INFLIGHT_FD instead of asking for one (tests of a backend's
+    /// reaction to a region too small, beyond its file, or full of
+    /// garbage). The region is kept and given again at reconnection.
+    pub fn connect_with_inflight(cfg: &FrontendConfig, region: InflightRegion) -> Result<Self> {
+        Self::connect_inner(cfg, Some(region))
+    }
+
+    fn connect_inner(cfg: &FrontendConfig, region: Option<InflightRegion>) -> Result<Self> {
         let mem = GuestMem::new(cfg.mem_size, cfg.mem_base, cfg.mmap_offset)?;
-        let mut conn = Connection::open(cfg)?;
-        let acked = conn.set_features(cfg)?;
-        conn.set_mem_table(&mem)?;
         let nq = usize::from(cfg.request_queues) + 2;
         let stride = align_up(RingLayout::new(cfg.queue_size).total, 4096);
         let rings = stride * nq as u64;
@@ -256,11 +289,15 @@ impl ScsiFrontend {
                 cfg.queue_size, cfg.mem_size
             )));
         }
+        let mut conn = Connection::open(cfg)?;
+        let acked = conn.features_for(cfg);
+        let mut inflight = region;
+        Self::start_device(&mut conn, cfg, &mem, acked, &mut inflight)?;
         let event_idx = acked & VIRTIO_RING_F_EVENT_IDX != 0;
         let mut queues = Vec::with_capacity(nq);
         let mut calls = Vec::with_capacity(nq);
         for i in 0..nq {
-            let q = SplitQueue::new(
+            let mut q = SplitQueue::new(
                 &mem,
                 i,
                 cfg.queue_size,
@@ -268,7 +305,8 @@ impl ScsiFrontend {
                 event_idx,
                 cfg.always_kick,
             )?;
-            conn.setup_queue(&mem, &q)?;
+            q.new_kick(cfg.start_kicked)?;
+            conn.setup_queue(&mem, &q, 0)?;
             calls.push(q.call_fd().try_clone().map_err(super::io_err("dup"))?);
             queues.push(Mutex::new(QueueState {
                 vq: q,
@@ -283,6 +321,7 @@ impl ScsiFrontend {
             )),
             cfg: cfg.clone(),
             conn,
+            inflight,
             mem,
             queues,
             calls,
@@ -293,6 +332,162 @@ impl ScsiFrontend {
             dev.post_event_buffer()?;
         }
         Ok(dev)
+    }
+
+    /// The device start before the rings, in QEMU's order
+    /// (`vhost_scsi_common_start`): SET_FEATURES (`vhost_dev_prepare_inflight`,
+    /// unless `inflight_before_features`), GET_INFLIGHT_FD when there is no
+    /// region yet, SET_INFLIGHT_FD, then `vhost_dev_start`'s SET_FEATURES
+    /// and SET_MEM_TABLE. Without INFLIGHT_SHMFD: SET_FEATURES,
+    /// SET_MEM_TABLE. `region` keeps the region even on error.
+    fn start_device(
+        conn: &mut Connection,
+        cfg: &FrontendConfig,
+        mem: &GuestMem,
+        acked: u64,
+        region: &mut Option<InflightRegion>,
+    ) -> Result<()> {
+        let use_inflight = region.is_some() || (cfg.inflight && conn.has_inflight());
+        if use_inflight {
+            if !cfg.inflight_before_features {
+                conn.ack_features(acked)?;
+            }
+            let r = match region.take() {
+                Some(r) => r,
+                None => {
+                    let nq = u16::try_from(usize::from(cfg.request_queues) + 2)
+                        .map_err(|_| Error::Config("too many queues".into()))?;
+                    conn.get_inflight(nq, cfg.queue_size)?
+                }
+            };
+            let set = conn.set_inflight(&r);
+            *region = Some(r);
+            set?;
+        }
+        conn.ack_features(acked)?;
+        conn.set_mem_table(mem)?;
+        Ok(())
+    }
+
+    /// Reconnect after the backend went away (crashed, killed, or stopped),
+    /// keeping guest memory, rings and every outstanding request, as QEMU
+    /// does when a vhost-user-scsi backend comes back: a new connection to
+    /// the socket (retried until a backend listens, up to `cfg.timeout`),
+    /// SET_OWNER, features, protocol features, [SET_FEATURES,]
+    /// SET_INFLIGHT_FD with the same region, SET_FEATURES, SET_MEM_TABLE
+    /// with the same memory, and per ring NUM, ADDR, BASE, CALL, KICK,
+    /// ENABLE with the same call eventfds and new kick eventfds (signalled
+    /// unless `start_kicked` is off: QEMU's new host notifiers start at
+    /// 1). BASE is the used index found in the
+    /// ring (QEMU's `virtio_queue_restore_last_avail_idx` when
+    /// GET_VRING_BASE is impossible): the backend resubmits what the
+    /// inflight region says was taken and not completed, and takes the
+    /// rest from the avail ring. Requests outstanding here stay
+    /// outstanding and complete on the new connection.
+    ///
+    /// Returns the bases given to each ring, in queue order. Fails if the
+    /// new backend lacks a feature acked before, or INFLIGHT_SHMFD while a
+    /// region is in use (the requests in flight would be lost).
+    pub fn reconnect(&mut self) -> Result<Vec<u16>> {
+        let deadline = Instant::now() + self.cfg.timeout;
+        let mut conn = Connection::open_until(&self.cfg, deadline)?;
+        let acked = self.conn.acked_features;
+        let missing = acked & !self.cfg.force_features & !conn.offered_features;
+        if missing != 0 {
+            return Err(Error::Protocol(format!(
+                "the new backend does not offer feature bits {missing:#x} acked before"
+            )));
+        }
+        if self.inflight.is_some() && !conn.has_inflight() {
+            return Err(Error::MissingFeature(
+                "VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD at reconnection",
+            ));
+        }
+        Self::start_device(&mut conn, &self.cfg, &self.mem, acked, &mut self.inflight)?;
+        let mut bases = Vec::with_capacity(self.queues.len());
+        for q in &mut self.queues {
+            let q = q.get_mut().unwrap_or_else(|p| p.into_inner());
+            let base = q.vq.device_used_idx(&self.mem)?;
+            q.vq.new_kick(self.cfg.start_kicked)?;
+            conn.setup_queue(&self.mem, &q.vq, base)?;
+            bases.push(base);
+        }
+        self.conn = conn;
+        Ok(bases)
+    }
+
+    /// [`ScsiFrontend::reconnect`] to another socket (which becomes the
+    /// configured one).
+    pub fn reconnect_to(&mut self, socket: impl Into<std::path::PathBuf>) -> Result<Vec<u16>> {
+        self.cfg.socket = socket.into();
+        self.reconnect()
+    }
+
+    /// Wait up to `timeout` for the backend to close the connection (a
+    /// graceful stop, or a crash). Once it did, the frontend does what QEMU
+    /// does then: GET_VRING_BASE being impossible, it reads each ring's
+    /// used index (where a reconnection will restart it), returned in
+    /// queue order. `None`: still connected.
+    pub fn wait_backend_closed(&self, timeout: Duration) -> Result<Option<Vec<u16>>> {
+        if !self.conn.wait_closed(timeout)? {
+            return Ok(None);
+        }
+        (0..self.queues.len())
+            .map(|vq| self.lock(vq)?.vq.device_used_idx(&self.mem))
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
+    /// The inflight region, when INFLIGHT_SHMFD was negotiated (or a region
+    /// was given to [`ScsiFrontend::connect_with_inflight`]).
+    pub fn inflight(&self) -> Option<&InflightRegion> {
+        self.inflight.as_ref()
+    }
+
+    /// Indexes of vhost-user queue `vq`.
+    pub fn ring_state(&self, vq: usize) -> Result<RingState> {
+        let q = self.lock(vq)?;
+        Ok(RingState {
+            published: q.vq.published_idx(),
+            avail_idx: q.vq.avail_idx(),
+            used_idx: q.vq.device_used_idx(&self.mem)?,
+            last_used: q.vq.last_used(),
+            in_flight: q.vq.in_flight(),
+        })
+    }
+
+    /// The used element at index `idx` of vhost-user queue `vq`, as found
+    /// in guest memory (whether or not the frontend took it).
+    pub fn used_entry(&self, vq: usize, idx: u16) -> Result<Used> {
+        self.lock(vq)?.vq.used_entry(&self.mem, idx)
+    }
+
+    /// Ask for an interrupt on vhost-user queue `vq` only once used->idx
+    /// moves past `idx` (EVENT_IDX `used_event`), until the next reap or
+    /// wait re-arms it at the next element to take.
+    pub fn request_interrupt_at(&self, vq: usize, idx: u16) -> Result<()> {
+        self.lock(vq)?.vq.set_used_event(&self.mem, idx)
+    }
+
+    /// Whether the call eventfd of vhost-user queue `vq` was signalled and
+    /// not yet consumed (nothing is consumed).
+    pub fn call_pending(&self, vq: usize) -> Result<bool> {
+        let call = self.calls.get(vq).ok_or(Error::NoSuchQueue(vq))?;
+        super::vring::poll_in(call, Duration::ZERO)
+    }
+
+    /// Consume the call eventfd of vhost-user queue `vq`; returns whether
+    /// it was signalled.
+    pub fn take_call(&self, vq: usize) -> Result<bool> {
+        let call = self.calls.get(vq).ok_or(Error::NoSuchQueue(vq))?;
+        match call.read() {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
+            Err(source) => Err(Error::Io {
+                op: "call eventfd read",
+                source,
+            }),
+        }
     }
 
     /// Guest memory (to inspect or to place buffers for raw descriptors).
@@ -392,7 +587,22 @@ impl ScsiFrontend {
         segs: Vec<Seg>,
         indirect: bool,
         kind: Kind,
+        allocs: Vec<(u64, u64)>,
+    ) -> Result<u64> {
+        self.push_inner(vq, tag, segs, indirect, kind, allocs, true)
+    }
+
+    /// As [`ScsiFrontend::push`], publishing (and kicking) only if `publish`.
+    #[allow(clippy::too_many_arguments)]
+    fn push_inner(
+        &self,
+        vq: usize,
+        tag: u64,
+        segs: Vec<Seg>,
+        indirect: bool,
+        kind: Kind,
         mut allocs: Vec<(u64, u64)>,
+        publish: bool,
     ) -> Result<u64> {
         let r = (|| {
             let table = if indirect {
@@ -413,7 +623,9 @@ impl ScsiFrontend {
                     allocs: std::mem::take(&mut allocs),
                 },
             );
-            q.vq.notify(&self.mem)?;
+            if publish {
+                q.vq.notify(&self.mem)?;
+            }
             Ok(tag)
         })();
         if r.is_err() {
@@ -507,6 +719,17 @@ impl ScsiFrontend {
     /// Submit a command on request queue `queue` (0-based) without waiting.
     /// Returns the frontend tag that identifies its [`Completion`].
     pub fn submit(&self, queue: usize, req: &ScsiRequest) -> Result<u64> {
+        self.submit_inner(queue, req, true)
+    }
+
+    /// As [`ScsiFrontend::submit`], but the request is only added to the
+    /// avail ring: [`ScsiFrontend::publish`] makes a whole batch visible
+    /// to the backend at once, with one kick.
+    pub fn submit_queued(&self, queue: usize, req: &ScsiRequest) -> Result<u64> {
+        self.submit_inner(queue, req, false)
+    }
+
+    fn submit_inner(&self, queue: usize, req: &ScsiRequest, publish: bool) -> Result<u64> {
         let vq = self.request_vq(queue)?;
         if req.cdb.len() > CDB_SIZE {
             return Err(Error::Config(format!("CDB of {} bytes", req.cdb.len())));
@@ -532,7 +755,7 @@ impl ScsiFrontend {
             }
         };
         let indirect = req.indirect.unwrap_or(self.indirect_default);
-        self.push(vq, tag, segs, indirect, kind, allocs)
+        self.push_inner(vq, tag, segs, indirect, kind, allocs, publish)
     }
 
     fn build_scsi(
@@ -981,5 +1204,12 @@ impl ScsiFrontend {
     /// Avail index published so far on vhost-user queue `vq`.
     pub fn avail_idx(&self, vq: usize) -> Result<u16> {
         Ok(self.lock(vq)?.vq.avail_idx())
+    }
+
+    /// The tag of the outstanding request whose chain starts at descriptor
+    /// `head` of vhost-user queue `vq` (to name what an inflight region
+    /// marks), if any.
+    pub fn tag_of(&self, vq: usize, head: u16) -> Result<Option<u64>> {
+        Ok(self.lock(vq)?.pending.get(&head).map(|p| p.tag))
     }
 }

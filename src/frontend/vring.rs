@@ -228,6 +228,17 @@ impl SplitQueue {
     pub fn kick_fd(&self) -> &EventFd {
         &self.kick
     }
+    /// Replace the kick eventfd with a new one, already signalled if
+    /// `signalled` (QEMU's host notifiers start at 1 at every device start,
+    /// so a backend always finds a kick on a ring it is handed).
+    pub fn new_kick(&mut self, signalled: bool) -> Result<()> {
+        let kick = EventFd::new(EFD_NONBLOCK).map_err(io_err("eventfd"))?;
+        if signalled {
+            kick.write(1).map_err(io_err("kick eventfd write"))?;
+        }
+        self.kick = kick;
+        Ok(())
+    }
     pub fn call_fd(&self) -> &EventFd {
         &self.call
     }
@@ -241,6 +252,52 @@ impl SplitQueue {
     /// once everything was consumed).
     pub fn avail_idx(&self) -> u16 {
         self.avail_idx
+    }
+    /// avail->idx as stored in guest memory (chains added since are not
+    /// yet visible to the device).
+    pub fn published_idx(&self) -> u16 {
+        self.published
+    }
+    /// Number of used elements taken so far (the next one is at this index).
+    pub fn last_used(&self) -> u16 {
+        self.last_used
+    }
+
+    /// used->idx as the device wrote it in guest memory.
+    pub fn device_used_idx(&self, mem: &GuestMem) -> Result<u16> {
+        self.load16(mem, self.used + 2)
+    }
+
+    /// The used element in slot `idx % size`, as found in guest memory.
+    pub fn used_entry(&self, mem: &GuestMem, idx: u16) -> Result<Used> {
+        let elem = self.used + 4 + 8 * u64::from(idx % self.size);
+        let mut b = [0u8; 8];
+        mem.read(elem, &mut b)?;
+        Ok(Used {
+            id: u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u16,
+            len: u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+        })
+    }
+
+    /// Store `used_event` (EVENT_IDX): the device must signal once used->idx
+    /// moves past `idx`. [`SplitQueue::pop_used`] and [`SplitQueue::arm`]
+    /// overwrite it with the next index to take.
+    pub fn set_used_event(&self, mem: &GuestMem, idx: u16) -> Result<()> {
+        self.store16(mem, self.avail + 4 + 2 * u64::from(self.size), idx)
+    }
+
+    /// Whether `head` sits on the avail ring but is not published yet.
+    fn unpublished(&self, mem: &GuestMem, head: u16) -> Result<bool> {
+        let mut i = self.published;
+        while i != self.avail_idx {
+            let mut b = [0u8; 2];
+            mem.read(self.avail + 4 + 2 * u64::from(i % self.size), &mut b)?;
+            if u16::from_le_bytes(b) == head {
+                return Ok(true);
+            }
+            i = i.wrapping_add(1);
+        }
+        Ok(false)
     }
 
     fn take(&mut self, n: usize) -> Result<Vec<u16>> {
@@ -429,16 +486,23 @@ impl SplitQueue {
 
     /// Take the next used element, if any; frees its descriptors and keeps
     /// `used_event` at the next index so the device signals the next one.
+    ///
+    /// Protocol violations are errors: a used index ahead of the published
+    /// avail index (more completions than requests the device could see),
+    /// an id that is not the head of an outstanding chain (never submitted,
+    /// or completed twice), or the head of a chain not yet published.
     pub fn pop_used(&mut self, mem: &GuestMem) -> Result<Option<Used>> {
         let idx = self.load16(mem, self.used + 2)?;
         if idx == self.last_used {
             return Ok(None);
         }
         let pending = idx.wrapping_sub(self.last_used);
-        if pending > self.size {
+        let outstanding = self.published.wrapping_sub(self.last_used);
+        if pending > outstanding {
             return Err(self.bad(format!(
-                "used idx {idx} is {pending} ahead of {} (size {})",
-                self.last_used, self.size
+                "used idx {idx} is ahead of the avail idx {}: {pending} new used elements \
+                 after {}, only {outstanding} chains outstanding",
+                self.published, self.last_used
             )));
         }
         // Read the element only after seeing the index.
@@ -448,17 +512,24 @@ impl SplitQueue {
         mem.read(elem, &mut b)?;
         let id32 = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
         let len = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
-        let n = usize::try_from(id32)
+        let outstanding_head = usize::try_from(id32)
             .ok()
-            .and_then(|i| self.chain_len.get_mut(i))
-            .map(std::mem::take)
-            .filter(|&n| n != 0)
-            .ok_or_else(|| {
-                self.bad(format!(
-                    "used element {} has id {id32}, which is not an in-flight head",
-                    self.last_used
-                ))
-            })?;
+            .and_then(|i| self.chain_len.get(i))
+            .is_some_and(|&n| n != 0);
+        if !outstanding_head {
+            return Err(self.bad(format!(
+                "used element {} has id {id32}, which is not an in-flight head \
+                 (never submitted, or completed twice)",
+                self.last_used
+            )));
+        }
+        if self.unpublished(mem, id32 as u16)? {
+            return Err(self.bad(format!(
+                "used element {} has id {id32}, a chain not yet published",
+                self.last_used
+            )));
+        }
+        let n = std::mem::take(&mut self.chain_len[id32 as usize]);
         let mut id = id32 as u16;
         for k in 0..n {
             self.free.free.push(id);
@@ -639,5 +710,80 @@ mod tests {
             .unwrap();
         mem.write(0x10000 + l.used + 2, &[2, 0]).unwrap();
         assert!(matches!(q.pop_used(&mem), Err(Error::BadUsedRing { .. })));
+    }
+
+    /// A device writing used element `slot` = (id, len) and used->idx.
+    fn device_uses(mem: &GuestMem, ring: u64, size: u16, slot: u16, id: u16, idx: u16) {
+        let l = RingLayout::new(size);
+        let mut e = [0u8; 8];
+        e[0..4].copy_from_slice(&u32::from(id).to_le_bytes());
+        mem.write(ring + l.used + 4 + 8 * u64::from(slot % size), &e)
+            .unwrap();
+        mem.write(ring + l.used + 2, &idx.to_le_bytes()).unwrap();
+    }
+
+    fn one_seg() -> [Seg; 1] {
+        [Seg {
+            addr: 0x20000,
+            len: 16,
+            write: true,
+        }]
+    }
+
+    #[test]
+    fn used_ahead_of_avail_is_an_error() {
+        let mem = GuestMem::new(1 << 20, 0x10000, 0).unwrap();
+        let mut q = SplitQueue::new(&mem, 2, 8, 0x10000, true, false).unwrap();
+        let a = q.add_chain(&mem, &one_seg()).unwrap();
+        let b = q.add_chain(&mem, &one_seg()).unwrap();
+        q.notify(&mem).unwrap();
+        // Two published, the device claims three completions.
+        device_uses(&mem, 0x10000, 8, 0, a, 1);
+        device_uses(&mem, 0x10000, 8, 1, b, 3);
+        let e = q.pop_used(&mem).unwrap_err();
+        assert!(
+            matches!(&e, Error::BadUsedRing { what, .. } if what.contains("ahead of the avail idx")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_head_completed_twice_is_an_error() {
+        let mem = GuestMem::new(1 << 20, 0x10000, 0).unwrap();
+        let mut q = SplitQueue::new(&mem, 2, 8, 0x10000, true, false).unwrap();
+        let a = q.add_chain(&mem, &one_seg()).unwrap();
+        q.add_chain(&mem, &one_seg()).unwrap();
+        q.notify(&mem).unwrap();
+        device_uses(&mem, 0x10000, 8, 0, a, 1);
+        assert_eq!(q.pop_used(&mem).unwrap().map(|u| u.id), Some(a));
+        device_uses(&mem, 0x10000, 8, 1, a, 2);
+        let e = q.pop_used(&mem).unwrap_err();
+        assert!(
+            matches!(&e, Error::BadUsedRing { what, .. } if what.contains("completed twice")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_unpublished_head_completed_is_an_error() {
+        let mem = GuestMem::new(1 << 20, 0x10000, 0).unwrap();
+        let mut q = SplitQueue::new(&mem, 2, 8, 0x10000, true, false).unwrap();
+        let a = q.add_chain(&mem, &one_seg()).unwrap();
+        q.notify(&mem).unwrap();
+        let b = q.add_chain(&mem, &one_seg()).unwrap();
+        assert_eq!((q.published_idx(), q.avail_idx()), (1, 2));
+        // The device completes b, which it cannot have seen.
+        device_uses(&mem, 0x10000, 8, 0, b, 1);
+        let e = q.pop_used(&mem).unwrap_err();
+        assert!(
+            matches!(&e, Error::BadUsedRing { what, .. } if what.contains("not yet published")),
+            "{e}"
+        );
+        // The ring itself is fine once the right head shows up.
+        device_uses(&mem, 0x10000, 8, 0, a, 1);
+        assert_eq!(q.pop_used(&mem).unwrap().map(|u| u.id), Some(a));
+        assert_eq!(q.last_used(), 1);
+        assert_eq!(q.device_used_idx(&mem).unwrap(), 1);
+        assert_eq!(q.used_entry(&mem, 0).unwrap().id, a);
     }
 }

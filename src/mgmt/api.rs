@@ -21,6 +21,12 @@ pub struct ControllerCreate {
     /// Maximum virtqueue size (power of two 1..=1024, default 256).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_size: Option<u16>,
+    /// The initiator identity of the controller's guest (its I_T nexus for
+    /// reservations and unit attentions); default: derived from the socket
+    /// path. Give the source and destination controllers of a live
+    /// migration the same value, so the guest keeps its reservations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initiator: Option<String>,
 }
 
 /// `controller_delete` parameters.
@@ -134,6 +140,9 @@ pub struct ControllerInfo {
     pub socket: PathBuf,
     pub num_queues: u16,
     pub queue_size: u16,
+    /// The initiator identity, when one was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initiator: Option<String>,
     /// A frontend (QEMU) is connected.
     pub connected: bool,
     /// `listening`, `connected`, `retrying` (an error stopped the last

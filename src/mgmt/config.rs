@@ -227,6 +227,8 @@ struct RawController {
     #[serde(default)]
     queue_size: Option<Spanned<u16>>,
     #[serde(default)]
+    initiator: Option<Spanned<String>>,
+    #[serde(default)]
     lun: Vec<RawLun>,
 }
 
@@ -333,6 +335,9 @@ impl RawConfig {
             if let Some(n) = &c.num_queues {
                 field(n, || key("num_queues"), |&n| validate::num_queues(n))?;
             }
+            if let Some(i) = &c.initiator {
+                field(i, || key("initiator"), |i| validate::initiator(i))?;
+            }
             if let Some(n) = &c.queue_size {
                 field(n, || key("queue_size"), |&n| validate::queue_size(n))?;
             }
@@ -379,6 +384,7 @@ impl RawConfig {
                         socket: c.socket.into_inner(),
                         num_queues: c.num_queues.map(Spanned::into_inner),
                         queue_size: c.queue_size.map(Spanned::into_inner),
+                        initiator: c.initiator.map(Spanned::into_inner),
                     },
                     luns: c
                         .lun
@@ -452,6 +458,7 @@ socket = "/run/vus/vm2.sock"
                             socket: "/run/vus/vm1.sock".into(),
                             num_queues: Some(2),
                             queue_size: Some(128),
+                            initiator: None,
                         },
                         luns: vec![
                             LunSpec {
@@ -476,6 +483,7 @@ socket = "/run/vus/vm2.sock"
                             socket: "/run/vus/vm2.sock".into(),
                             num_queues: None,
                             queue_size: None,
+                            initiator: None,
                         },
                         luns: vec![],
                     },
@@ -532,7 +540,7 @@ socket = "/run/vus/vm2.sock"
         assert_eq!(
             error(&format!("{CTL}bogus = 1\n")),
             "/etc/vus.toml:4:1: controller[0].bogus: unknown field `bogus`, expected one of \
-             `name`, `socket`, `num_queues`, `queue_size`, `lun`"
+             `name`, `socket`, `num_queues`, `queue_size`, `initiator`, `lun`"
         );
         let e = error(&format!(
             "{CTL}[[controller.lun]]\npath = \"/a\"\nread_only = true\n"

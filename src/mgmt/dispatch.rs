@@ -202,6 +202,7 @@ pub(crate) mod tests {
                 socket: p.socket,
                 num_queues: p.num_queues.unwrap_or(4),
                 queue_size: p.queue_size.unwrap_or(256),
+                initiator: None,
                 connected: false,
                 state: "listening".into(),
                 last_error: None,

@@ -55,6 +55,7 @@ struct Prepared {
     socket: PathBuf,
     num_queues: u16,
     queue_size: u16,
+    initiator: Option<String>,
     nexus: NexusId,
     device: Arc<Device>,
     luns: BTreeMap<u16, Arc<Disk>>,
@@ -111,6 +112,14 @@ pub struct Manager {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The I_T nexus of a controller whose initiator identity is `initiator`
+/// (the same on both sides of a live migration).
+pub fn nexus_of_initiator(initiator: &str) -> NexusId {
+    let mut bytes = b"initiator:".to_vec();
+    bytes.extend_from_slice(initiator.as_bytes());
+    NexusId(fnv1a64(&bytes))
 }
 
 /// The I_T nexus of the controller on `socket`: stable across restarts, so
@@ -252,6 +261,7 @@ impl Manager {
                 socket: absolute(&p.socket),
                 num_queues: Some(p.num_queues),
                 queue_size: Some(p.queue_size),
+                initiator: p.initiator.clone(),
                 luns: p
                     .luns
                     .iter()
@@ -320,8 +330,20 @@ impl Manager {
                 create.name
             )));
         }
-        let nexus = nexus_of(&create.socket);
-        if let Some(other) = all().find(|p| p.nexus == nexus || p.socket == create.socket) {
+        if let Some(i) = &create.initiator {
+            validate::initiator(i).map_err(|e| invalid("initiator", e))?;
+        }
+        // Controllers share a nexus only when they are told to (the two
+        // ends of a live migration).
+        let nexus = match &create.initiator {
+            Some(i) => nexus_of_initiator(i),
+            None => nexus_of(&create.socket),
+        };
+        let same_socket = |p: &Prepared| {
+            p.socket == create.socket
+                || (create.initiator.is_none() && p.initiator.is_none() && p.nexus == nexus)
+        };
+        if let Some(other) = all().find(|p| same_socket(p)) {
             return Err(ApiError::exists(format!(
                 "socket {} is already used by controller `{}`",
                 create.socket.display(),
@@ -338,6 +360,7 @@ impl Manager {
             socket: create.socket.clone(),
             num_queues,
             queue_size,
+            initiator: create.initiator.clone(),
             nexus,
             device,
             luns: BTreeMap::new(),
@@ -494,6 +517,7 @@ impl Manager {
             socket: p.socket.clone(),
             num_queues: p.num_queues,
             queue_size: p.queue_size,
+            initiator: p.initiator.clone(),
             connected: c.server.connected(),
             state: c.server.health().state.as_str().to_string(),
             last_error: c.server.health().last_error,

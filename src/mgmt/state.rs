@@ -81,6 +81,8 @@ pub struct SavedController {
     pub num_queues: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_size: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initiator: Option<String>,
     /// The LUNs, as `lun_add` would be given them.
     #[serde(default)]
     pub luns: Vec<LunSpec>,
@@ -95,6 +97,7 @@ impl SavedController {
                 socket: self.socket,
                 num_queues: self.num_queues,
                 queue_size: self.queue_size,
+                initiator: self.initiator,
             },
             self.luns,
         )
@@ -393,6 +396,7 @@ mod tests {
                 SavedController {
                     name: "vm1".into(),
                     socket: "/run/vus/vm1.sock".into(),
+                    initiator: None,
                     num_queues: Some(2),
                     queue_size: Some(128),
                     luns: vec![
@@ -408,6 +412,7 @@ mod tests {
                 SavedController {
                     name: "vm2".into(),
                     socket: "/run/vus/vm2.sock".into(),
+                    initiator: None,
                     num_queues: Some(4),
                     queue_size: Some(256),
                     luns: vec![],

@@ -81,6 +81,18 @@ pub fn block_size(n: u32) -> Result<(), String> {
     Ok(())
 }
 
+/// An initiator identity: 1..=223 bytes of printable ASCII (an iSCSI name
+/// fits: SPC-4 7.6.4.6 allows 223 bytes).
+pub fn initiator(s: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > 223 {
+        return Err(format!("must be 1 to 223 bytes long, not {}", s.len()));
+    }
+    if let Some(c) = s.chars().find(|c| !(' '..='~').contains(c)) {
+        return Err(format!("{c:?} is not printable ASCII"));
+    }
+    Ok(())
+}
+
 /// A path given in a file (socket, image, directory): not empty.
 pub fn path(p: &Path) -> Result<(), String> {
     if p.as_os_str().is_empty() {

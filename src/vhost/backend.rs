@@ -10,6 +10,7 @@ use vm_memory::GuestMemoryAtomic;
 
 use super::control::ControlQueue;
 use super::device::Device;
+use super::dirty::{DirtyLog, SharedLog};
 use super::event_loop::{TOKEN_COMPLETION, TOKEN_EVENT_KICK, TOKEN_KICK, TOKEN_SLOW};
 use super::slow::SlowLane;
 use super::stats::QueueStats;
@@ -20,6 +21,9 @@ use crate::virtio_scsi::{GuestMem, F_CHANGE, F_HOTPLUG};
 
 /// VHOST_USER_F_PROTOCOL_FEATURES.
 const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
+
+/// VHOST_F_LOG_ALL: log every write to guest memory.
+pub(crate) const VHOST_F_LOG_ALL: u64 = 1 << 26;
 
 /// Control queue + event queue.
 pub(crate) const FIXED_QUEUES: usize = 2;
@@ -40,6 +44,8 @@ struct Inner {
     workers: Vec<Mutex<RequestWorker>>,
     /// Control, event, request queues.
     vrings: Vec<Vring>,
+    /// The dirty log while logging is on (live migration).
+    dirty: SharedLog,
 }
 
 impl ScsiBackend {
@@ -60,6 +66,7 @@ impl ScsiBackend {
                     .map_err(|e| BlockError::Ring(std::io::Error::other(e.to_string())))?,
             );
         }
+        let dirty = SharedLog::default();
         let mut workers = Vec::with_capacity(queue_stats.len());
         for (i, stats) in queue_stats.iter().enumerate() {
             let engine = Engine::new_shared(u32::try_from(queue_size).unwrap_or(1024))?;
@@ -72,6 +79,7 @@ impl ScsiBackend {
                 slow,
                 stats.clone(),
                 vrings.get(FIXED_QUEUES + i).cloned(),
+                &dirty,
             )));
         }
         Ok(ScsiBackend {
@@ -83,6 +91,7 @@ impl ScsiBackend {
                 event_idx: AtomicBool::new(false),
                 workers,
                 vrings,
+                dirty,
             }),
         })
     }
@@ -159,6 +168,7 @@ impl ScsiBackend {
 
     /// Virtio feature bits offered to the frontend.
     pub(crate) fn features(&self) -> u64 {
+        // VHOST_F_LOG_ALL: dirty-page logging for live migration.
         // VIRTIO_SCSI_F_HOTPLUG: LUNs attached and detached at run time
         // are announced on the event queue (TRANSPORT_RESET RESCAN and
         // REMOVED). VIRTIO_SCSI_F_CHANGE: a resize is announced with
@@ -167,8 +177,24 @@ impl ScsiBackend {
             | (1 << VIRTIO_RING_F_EVENT_IDX)
             | (1 << VIRTIO_RING_F_INDIRECT_DESC)
             | VHOST_USER_F_PROTOCOL_FEATURES
+            | VHOST_F_LOG_ALL
             | F_HOTPLUG
             | F_CHANGE
+    }
+
+    /// Turn dirty logging on (Some) or off (None).
+    pub(crate) fn set_dirty_log(&self, log: Option<Arc<DirtyLog>>) {
+        self.inner.dirty.store(log);
+    }
+
+    /// The shared handle of the dirty log (for the event queue).
+    pub(crate) fn shared_log(&self) -> SharedLog {
+        self.inner.dirty.clone()
+    }
+
+    /// The dirty log in force.
+    pub(crate) fn dirty_log(&self) -> Option<Arc<DirtyLog>> {
+        self.inner.dirty.load_full()
     }
 
     pub(crate) fn set_event_idx(&self, enabled: bool) {
@@ -200,8 +226,15 @@ impl ScsiBackend {
             if !matches!(vring.read_kick(), Ok(true)) {
                 return;
             }
+            let dlog = self.inner.dirty.load_full();
             if queue == 0 {
-                lock(&self.inner.control).process(vring, event_idx, mem, &self.inner.workers);
+                lock(&self.inner.control).process(
+                    vring,
+                    event_idx,
+                    mem,
+                    &self.inner.workers,
+                    dlog.as_deref(),
+                );
             } else {
                 // The guest added event buffers: deliver what waits.
                 self.inner.device.events.kicked(vring, event_idx);

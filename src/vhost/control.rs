@@ -8,8 +8,9 @@ use virtio_queue::QueueT;
 use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic};
 
 use super::device::Device;
+use super::dirty::DirtyLog;
 use super::ratelimit::{warn_limited, RateLimit};
-use super::worker::{RequestWorker, Vring};
+use super::worker::{avail_index_broken, log_used_ring, RequestWorker, Vring};
 use crate::scsi::NexusId;
 use crate::virtio_scsi::{
     decode_lun, parse_ctrl, split_chain, CtrlAnResp, CtrlRequest, CtrlTmfReq, GuestMem, LunAddress,
@@ -45,6 +46,7 @@ impl ControlQueue {
         event_idx: bool,
         mem: &GuestMemoryAtomic<GuestMem>,
         workers: &[Mutex<RequestWorker>],
+        dlog: Option<&DirtyLog>,
     ) {
         let mem = mem.memory();
         let mut state = vring.get_mut();
@@ -70,15 +72,15 @@ impl ControlQueue {
                                         event_actual: 0,
                                         response: S_FAILURE,
                                     };
-                                    write(&mem, &resp, an.as_slice())
+                                    write(&mem, &resp, an.as_slice(), dlog)
                                 }
-                                Some(resp) => write(&mem, &resp, &[S_FAILURE]),
+                                Some(resp) => write(&mem, &resp, &[S_FAILURE], dlog),
                                 None => 0,
                             }
                         }
                         Ok((CtrlRequest::Tmf(tmf), resp)) => {
                             let response = self.task_management(&tmf, workers);
-                            write(&mem, &resp, &[response])
+                            write(&mem, &resp, &[response], dlog)
                         }
                         Ok((CtrlRequest::An(_), resp)) => {
                             // We report no asynchronous events: none are
@@ -87,15 +89,25 @@ impl ControlQueue {
                                 event_actual: 0,
                                 response: S_OK,
                             };
-                            write(&mem, &resp, an.as_slice())
+                            write(&mem, &resp, an.as_slice(), dlog)
                         }
                     },
                 };
                 if let Err(e) = state.add_used(head, used) {
                     warn_limited!(self.log, error = %e, "add_used failed on the control queue");
                 }
+                if let Some(d) = dlog {
+                    log_used_ring(d, state.get_queue());
+                }
             }
             if !event_idx || !state.enable_notification().unwrap_or(false) {
+                break;
+            }
+            if avail_index_broken(state.get_queue(), &mem) {
+                warn_limited!(
+                    self.log,
+                    "the guest's control-queue avail index is beyond the ring"
+                );
                 break;
             }
         }
@@ -202,8 +214,15 @@ fn any_worker(workers: &[Mutex<RequestWorker>], pred: impl Fn(&RequestWorker) ->
         .any(|w| pred(&w.lock().unwrap_or_else(|p| p.into_inner())))
 }
 
-fn write(mem: &GuestMem, resp: &crate::virtio_scsi::Segments, bytes: &[u8]) -> u32 {
-    resp.write_from(mem, bytes)
-        .map(|n| u32::try_from(n).unwrap_or(0))
-        .unwrap_or(0)
+fn write(
+    mem: &GuestMem,
+    resp: &crate::virtio_scsi::Segments,
+    bytes: &[u8],
+    dlog: Option<&DirtyLog>,
+) -> u32 {
+    let n = resp.write_from(mem, bytes).unwrap_or(0);
+    if let Some(d) = dlog {
+        d.mark_segments(resp, n as u64);
+    }
+    u32::try_from(n).unwrap_or(0)
 }

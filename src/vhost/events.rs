@@ -15,7 +15,8 @@ use vhost_user_backend::VringT;
 use virtio_queue::QueueT;
 use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic};
 
-use super::worker::Vring;
+use super::dirty::SharedLog;
+use super::worker::{avail_index_broken, log_used_ring, Vring};
 use crate::virtio_scsi::{
     split_chain, Event, GuestMem, T_EVENTS_MISSED, T_PARAM_CHANGE, T_TRANSPORT_RESET,
 };
@@ -68,6 +69,8 @@ struct Inner {
     vring: Option<Vring>,
     event_idx: bool,
     delivered: u64,
+    /// The connection's dirty log (live migration).
+    dirty: Option<SharedLog>,
 }
 
 /// The event queue of one controller (across connections).
@@ -82,10 +85,11 @@ impl EventQueue {
     }
 
     /// A frontend connected with guest memory `mem`.
-    pub(crate) fn connect(&self, mem: GuestMemoryAtomic<GuestMem>) {
+    pub(crate) fn connect(&self, mem: GuestMemoryAtomic<GuestMem>, dirty: SharedLog) {
         let mut inner = self.lock();
         *inner = Inner {
             mem: Some(mem),
+            dirty: Some(dirty),
             delivered: inner.delivered,
             ..Inner::default()
         };
@@ -147,6 +151,7 @@ fn flush(inner: &mut Inner) {
         return;
     }
     let mem = mem.memory();
+    let dlog = inner.dirty.as_ref().and_then(|d| d.load_full());
     let mut state = vring.get_mut();
     let mut used_any = false;
     loop {
@@ -165,6 +170,9 @@ fn flush(inner: &mut Inner) {
                     }
                     match split.writable.write_from(&mem, ev.as_slice()) {
                         Ok(n) if n == std::mem::size_of::<Event>() => {
+                            if let Some(d) = &dlog {
+                                d.mark_segments(&split.writable, n as u64);
+                            }
                             inner.pending.pop_front();
                             inner.missed = false;
                             inner.delivered += 1;
@@ -184,6 +192,9 @@ fn flush(inner: &mut Inner) {
                 tracing::warn!(error = %e, "add_used failed on the event queue");
             }
             used_any = true;
+            if let Some(d) = &dlog {
+                log_used_ring(d, state.get_queue());
+            }
         }
         // With EVENT_IDX, ask to be kicked when the guest adds buffers;
         // true means some arrived meanwhile: go on.
@@ -191,7 +202,7 @@ fn flush(inner: &mut Inner) {
             break;
         }
         match state.enable_notification() {
-            Ok(true) => continue,
+            Ok(true) if !avail_index_broken(state.get_queue(), &mem) => continue,
             _ => break,
         }
     }
@@ -224,7 +235,10 @@ mod tests {
         let q = EventQueue::default();
         q.push(transport_reset(0, EVT_RESET_RESCAN));
         assert_eq!(q.pending(), 0);
-        q.connect(GuestMemoryAtomic::new(GuestMem::new()));
+        q.connect(
+            GuestMemoryAtomic::new(GuestMem::new()),
+            SharedLog::default(),
+        );
         for i in 0..(MAX_PENDING as u16 + 3) {
             q.push(transport_reset(i, EVT_RESET_RESCAN));
         }

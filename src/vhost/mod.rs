@@ -10,6 +10,7 @@
 mod backend;
 mod control;
 mod device;
+mod dirty;
 mod event_loop;
 mod events;
 mod exec;

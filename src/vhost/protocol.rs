@@ -36,7 +36,8 @@ use vm_memory::{
     GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryRegion, GuestRegionMmap,
 };
 
-use super::backend::{lock, ScsiBackend};
+use super::backend::{lock, ScsiBackend, VHOST_F_LOG_ALL};
+use super::dirty::DirtyLog;
 use super::event_loop::EventLoops;
 use super::inflight::InflightRegion;
 use super::sigbus::{self, FaultCell, Registration};
@@ -75,6 +76,10 @@ pub(crate) struct Handler {
     acked_protocol: VhostUserProtocolFeatures,
     mappings: Vec<Mapping>,
     inflight: Option<Arc<InflightRegion>>,
+    /// The log SET_LOG_BASE gave, in force while VHOST_F_LOG_ALL is acked.
+    log: Option<Arc<DirtyLog>>,
+    /// Its SIGBUS registration.
+    log_reg: Option<Registration>,
     /// Per ring: started (kick fd received, not stopped since).
     started: Vec<bool>,
 }
@@ -100,6 +105,8 @@ impl Handler {
             acked_protocol: VhostUserProtocolFeatures::empty(),
             mappings: Vec::new(),
             inflight: None,
+            log: None,
+            log_reg: None,
             started: vec![false; n],
         }
     }
@@ -110,6 +117,22 @@ impl Handler {
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
             | VhostUserProtocolFeatures::INFLIGHT_SHMFD
+            | VhostUserProtocolFeatures::LOG_SHMFD
+    }
+
+    /// Log writes to guest memory while LOG_ALL is acked and a log is set.
+    fn update_logging(&self) {
+        let on = self.acked_features & VHOST_F_LOG_ALL != 0;
+        let log = if on { self.log.clone() } else { None };
+        let was = self.backend.dirty_log().is_some();
+        let now = log.is_some();
+        if on && log.is_none() {
+            tracing::warn!(controller = %self.label, "LOG_ALL acked without a log (SET_LOG_BASE): nothing is logged yet");
+        }
+        self.backend.set_dirty_log(log);
+        if was != now {
+            tracing::info!(controller = %self.label, logging = now, "dirty-page logging {}", if now { "on" } else { "off" });
+        }
     }
 
     fn vring(&self, index: u32) -> VuResult<&super::worker::Vring> {
@@ -169,10 +192,39 @@ impl Handler {
                     .queue_used_idx()
                     .map_err(|e| internal(format!("cannot read the used index: {e}")))?;
                 let size = vring.get_ref().get_queue().size();
-                let rec = q.recover(used, size).map_err(|e| {
+                let tracked = self.backend.worker_of(index).is_some();
+                let mut rec = q.recover(used, size).map_err(|e| {
                     tracing::error!(controller = %self.label, queue = index, error = %e, "inflight region refused");
                     internal(e.to_string())
                 })?;
+                if !tracked {
+                    // The control and event queues never mark requests: such
+                    // entries are not our region's content. They continue
+                    // from the used index (they complete in order).
+                    if !rec.resubmit.is_empty() {
+                        tracing::warn!(controller = %self.label, queue = index, entries = rec.resubmit.len(), "inflight entries on a queue we never track; ignored");
+                    }
+                    rec.resubmit.clear();
+                    rec.next_avail = used;
+                } else {
+                    // Requests in flight were taken from the avail ring: there
+                    // cannot be more of them than the guest made available.
+                    let avail = vring
+                        .get_ref()
+                        .get_queue()
+                        .avail_idx(&*self.mem.memory(), std::sync::atomic::Ordering::Acquire)
+                        .map_err(|e| internal(format!("cannot read the avail index: {e}")))?
+                        .0;
+                    let offered = avail.wrapping_sub(used);
+                    if rec.resubmit.len() > usize::from(offered) {
+                        let e = format!(
+                            "queue {index}: {} requests in flight but only {offered} made available (avail {avail}, used {used})",
+                            rec.resubmit.len()
+                        );
+                        tracing::error!(controller = %self.label, error = %e, "inflight region refused");
+                        return Err(internal(format!("inflight region: {e}")));
+                    }
+                }
                 vring.set_queue_next_avail(rec.next_avail);
                 vring.set_queue_next_used(used);
                 if rec.repaired {
@@ -186,17 +238,9 @@ impl Handler {
                     in_flight = rec.resubmit.len(),
                     "ring recovered from the inflight region"
                 );
-                match self.backend.worker_of(index) {
-                    Some(w) => {
-                        wake = !rec.resubmit.is_empty();
-                        lock(w).attach_inflight(q, rec.resubmit);
-                    }
-                    None if !rec.resubmit.is_empty() => {
-                        // The control and event queues never mark requests:
-                        // this is not our region's content.
-                        tracing::warn!(controller = %self.label, queue = index, "inflight entries on a queue we never track; ignored");
-                    }
-                    None => {}
+                if let Some(w) = self.backend.worker_of(index) {
+                    wake = !rec.resubmit.is_empty();
+                    lock(w).attach_inflight(q, rec.resubmit);
                 }
             }
         }
@@ -362,6 +406,7 @@ impl VhostUserBackendReqHandlerMut for Handler {
             v.set_queue_event_idx(event_idx);
         }
         self.backend.set_event_idx(event_idx);
+        self.update_logging();
         tracing::debug!(controller = %self.label, features = format_args!("{features:#x}"), event_idx, "features acked");
         Ok(())
     }
@@ -672,7 +717,20 @@ impl VhostUserBackendReqHandlerMut for Handler {
         unsupported("SHMEM is not offered")
     }
 
-    fn set_log_base(&mut self, _log: &VhostUserLog, _file: File) -> VuResult<()> {
-        unsupported("LOG_SHMFD is not offered")
+    fn set_log_base(&mut self, log: &VhostUserLog, file: File) -> VuResult<()> {
+        let (size, offset) = (log.mmap_size, log.mmap_offset);
+        let map = DirtyLog::map(file, offset, size).map_err(|e| {
+            tracing::warn!(controller = %self.label, error = %e, "dirty log refused");
+            internal(e)
+        })?;
+        let map = Arc::new(map);
+        let reg = sigbus::register(map.as_ptr() as usize, map.size(), &self.fault)
+            .map_err(VuError::ReqHandlerError)?;
+        tracing::debug!(controller = %self.label, size, offset, "dirty log set");
+        // The old log goes once no worker holds it any more.
+        self.log = Some(map);
+        self.log_reg = Some(reg);
+        self.update_logging();
+        Ok(())
     }
 }

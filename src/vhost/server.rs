@@ -240,6 +240,9 @@ pub fn bind(path: &Path) -> Result<SocketListener, ServeError> {
 
 /// How long a new connection may stay silent before its first message.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a new connection waits for the one being served to end before
+/// it is refused.
+const REPLACE_GRACE: Duration = Duration::from_secs(1);
 /// Longest pause between retries after an error (fds exhausted...).
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -340,7 +343,7 @@ fn serve_connection(
     let fault = FaultCell::new(fault_wake.as_raw_fd());
     // The event queue knows the guest before its handshake starts: a kick
     // on the event queue that came before `connect` would be lost.
-    device.events.connect(mem.clone());
+    device.events.connect(mem.clone(), backend.shared_log());
     let handler = Arc::new(Mutex::new(Handler::new(
         label.clone(),
         backend.clone(),
@@ -358,6 +361,10 @@ fn serve_connection(
     let accepted = Instant::now();
     let mut heard = false;
     let mut replacement = None;
+    // A new connection while this one is served waits up to REPLACE_GRACE
+    // for this one to end (a frontend that reconnects may close its old
+    // socket a moment after it opens the new one), then it is refused.
+    let mut waiting: Option<(UnixStream, Instant)> = None;
     let mut refused = RateLimit::new();
     loop {
         let fds = [
@@ -366,7 +373,14 @@ fn serve_connection(
             fault_wake.as_raw_fd(),
             listen_fd,
         ];
-        let timeout = (!heard).then(|| HANDSHAKE_TIMEOUT.saturating_sub(accepted.elapsed()));
+        let handshake = (!heard).then(|| HANDSHAKE_TIMEOUT.saturating_sub(accepted.elapsed()));
+        let grace = waiting
+            .as_ref()
+            .map(|(_, since)| REPLACE_GRACE.saturating_sub(since.elapsed()));
+        let timeout = match (handshake, grace) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         match poll_timeout(&fds, timeout) {
             Ok(Some(0)) => {}
             Ok(Some(1)) => {
@@ -392,18 +406,32 @@ fn serve_connection(
                 let Ok(Some(other)) = listener_accept(listen_fd) else {
                     continue;
                 };
-                if heard {
+                if !heard {
+                    tracing::warn!(socket = %config.socket.display(), "a connection that never spoke is replaced by a new one");
+                    replacement = Some(other);
+                    break;
+                }
+                if waiting.is_some() {
                     warn_limited!(refused, socket = %config.socket.display(), "a second frontend was refused: this controller already serves one");
                     drop(other);
-                    continue;
+                } else {
+                    waiting = Some((other, Instant::now()));
                 }
-                tracing::warn!(socket = %config.socket.display(), "a connection that never spoke is replaced by a new one");
-                replacement = Some(other);
-                break;
+                continue;
             }
             Ok(None) => {
-                tracing::warn!(socket = %config.socket.display(), timeout = ?HANDSHAKE_TIMEOUT, "the frontend sent nothing; closing the connection");
-                break;
+                if waiting
+                    .as_ref()
+                    .is_some_and(|(_, since)| since.elapsed() >= REPLACE_GRACE)
+                {
+                    warn_limited!(refused, socket = %config.socket.display(), "a second frontend was refused: this controller already serves one");
+                    waiting = None;
+                }
+                if !heard && accepted.elapsed() >= HANDSHAKE_TIMEOUT {
+                    tracing::warn!(socket = %config.socket.display(), timeout = ?HANDSHAKE_TIMEOUT, "the frontend sent nothing; closing the connection");
+                    break;
+                }
+                continue;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "poll on the vhost-user socket failed");
@@ -423,6 +451,9 @@ fn serve_connection(
                 break;
             }
         }
+    }
+    if replacement.is_none() {
+        replacement = waiting.map(|(w, _)| w);
     }
     let _ = closer.shutdown(std::net::Shutdown::Both);
     drop(requests);

@@ -18,6 +18,7 @@ use vm_memory::{
 };
 
 use super::device::{Device, LunBacking, LunCache};
+use super::dirty::{DirtyLog, LogView, SharedLog};
 use super::exec::{self, Gate, SlowOp};
 use super::inflight::{InflightMark, QueueInflight, Resubmit};
 use super::ratelimit::{warn_limited, RateLimit};
@@ -99,9 +100,13 @@ pub(crate) struct RequestWorker {
     inflight: Option<QueueInflight>,
     /// Requests a dead predecessor had in flight, run before new ones.
     resubmit: Vec<Resubmit>,
+    /// The dirty log (live migration) and its value for the current event.
+    dirty: LogView,
+    dlog: Option<Arc<DirtyLog>>,
 }
 
 impl RequestWorker {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         index: usize,
         nexus: NexusId,
@@ -110,6 +115,7 @@ impl RequestWorker {
         slow: SlowLane,
         stats: Arc<QueueStats>,
         vring: Option<Vring>,
+        dirty: &SharedLog,
     ) -> Self {
         RequestWorker {
             index,
@@ -130,7 +136,15 @@ impl RequestWorker {
             batch_start: Instant::now(),
             inflight: None,
             resubmit: Vec::new(),
+            dirty: LogView::new(dirty),
+            dlog: None,
         }
+    }
+
+    /// Take the dirty log in force now (one cached load while it does not
+    /// change).
+    fn refresh_log(&mut self) {
+        self.dlog = self.dirty.get().cloned();
     }
 
     /// Track this queue's requests in `inflight` from now on; `resubmit`
@@ -194,6 +208,7 @@ impl RequestWorker {
         if !self.ensure_engine() {
             return;
         }
+        self.refresh_log();
         let mem = mem.memory();
         let mut completed = false;
         // A burst of requests goes to the kernel in growing chunks (1, 2,
@@ -228,6 +243,10 @@ impl RequestWorker {
                     break;
                 }
                 match state.enable_notification() {
+                    Ok(true) if avail_index_broken(state.get_queue(), &mem) => {
+                        warn_limited!(self.log, queue = self.index, "the guest's avail index is beyond the ring: ignoring the queue until its next kick");
+                        break;
+                    }
                     Ok(true) => continue,
                     Ok(false) => break,
                     Err(e) => {
@@ -235,6 +254,9 @@ impl RequestWorker {
                         break;
                     }
                 }
+            }
+            if let Some(d) = &self.dlog {
+                log_used_ring(d, state.get_queue());
             }
             if completed {
                 signal(&mut state, &mut self.log, self.index);
@@ -269,6 +291,7 @@ impl RequestWorker {
 
     /// The io_uring eventfd fired: complete what finished.
     pub(crate) fn process_completions(&mut self) {
+        self.refresh_log();
         let mut comps = std::mem::take(&mut self.completions);
         comps.clear();
         if let Err(e) = self.engine.reap(&mut comps) {
@@ -281,6 +304,7 @@ impl RequestWorker {
 
     /// The slow lane's eventfd fired: complete what finished.
     pub(crate) fn process_slow(&mut self) {
+        self.refresh_log();
         let mut done = std::mem::take(&mut self.slow_done);
         done.clear();
         self.slow.reap(&mut done);
@@ -293,6 +317,7 @@ impl RequestWorker {
     /// management, disconnect, shutdown). The ring first: a COMPARE AND
     /// WRITE on the slow lane may be waiting for ring writes to finish.
     pub(crate) fn drain(&mut self) {
+        self.refresh_log();
         if self.engine.in_flight() > 0 {
             let mut comps = std::mem::take(&mut self.completions);
             comps.clear();
@@ -340,10 +365,22 @@ impl RequestWorker {
                 g.leave_fast();
             }
             self.account(&req, c.result.is_ok(), now);
+            if let (Some(d), IoDir::Read) = (&self.dlog, req.dir) {
+                // The kernel wrote (some of) the data-in: log it before the
+                // guest can see the completion.
+                d.mark_segments(&req.data_in, req.read_len);
+            }
             let used = match c.result {
                 Ok(_) => {
-                    let used =
-                        write_response(&req.mem, &req.resp, S_OK, Status::Good, None, req.resid);
+                    let used = write_response(
+                        &req.mem,
+                        &req.resp,
+                        S_OK,
+                        Status::Good,
+                        None,
+                        req.resid,
+                        self.dlog.as_deref(),
+                    );
                     used.saturating_add(clamp_u32(req.read_len))
                 }
                 Err(errno) => {
@@ -363,6 +400,7 @@ impl RequestWorker {
                         Status::CheckCondition,
                         Some(&sense),
                         resid,
+                        self.dlog.as_deref(),
                     )
                 }
             };
@@ -372,6 +410,7 @@ impl RequestWorker {
                 req.head,
                 used,
                 &mut self.log,
+                self.dlog.as_deref(),
             );
         }
         signal(&mut state, &mut self.log, self.index);
@@ -404,6 +443,7 @@ impl RequestWorker {
                 result.sense.as_ref(),
                 &result.data,
                 &mut self.log,
+                self.dlog.as_deref(),
             );
             publish(
                 &mut self.inflight,
@@ -411,6 +451,7 @@ impl RequestWorker {
                 req.head,
                 used,
                 &mut self.log,
+                self.dlog.as_deref(),
             );
         }
         signal(&mut state, &mut self.log, self.index);
@@ -444,7 +485,14 @@ impl RequestWorker {
             self.stats.popped(1);
             match r.done {
                 Some(len) => {
-                    completed |= publish(&mut self.inflight, state, r.head, len, &mut self.log);
+                    completed |= publish(
+                        &mut self.inflight,
+                        state,
+                        r.head,
+                        len,
+                        &mut self.log,
+                        self.dlog.as_deref(),
+                    );
                 }
                 None if r.applied => {
                     // Applied before the restart (COMPARE AND WRITE): the
@@ -453,9 +501,24 @@ impl RequestWorker {
                         .ok()
                         .and_then(|split| parse_cmd(mem, split).ok())
                         .map_or(0, |req| {
-                            write_response(mem, &req.resp, S_OK, Status::Good, None, 0)
+                            write_response(
+                                mem,
+                                &req.resp,
+                                S_OK,
+                                Status::Good,
+                                None,
+                                0,
+                                self.dlog.as_deref(),
+                            )
                         });
-                    completed |= publish(&mut self.inflight, state, r.head, used, &mut self.log);
+                    completed |= publish(
+                        &mut self.inflight,
+                        state,
+                        r.head,
+                        used,
+                        &mut self.log,
+                        self.dlog.as_deref(),
+                    );
                 }
                 None => {
                     let split = split_chain_at(mem, table, size, r.head);
@@ -483,7 +546,14 @@ impl RequestWorker {
             Ok(s) => s,
             Err(e) => {
                 warn_limited!(self.log, queue = self.index, error = %e, "malformed descriptor chain");
-                return publish(&mut self.inflight, state, head, 0, &mut self.log);
+                return publish(
+                    &mut self.inflight,
+                    state,
+                    head,
+                    0,
+                    &mut self.log,
+                    self.dlog.as_deref(),
+                );
             }
         };
         let req = match parse_cmd(&mem, split) {
@@ -491,10 +561,25 @@ impl RequestWorker {
             Err(bad) => {
                 warn_limited!(self.log, queue = self.index, error = %bad.error, "bad request");
                 let used = match &bad.resp {
-                    Some(resp) => write_response(&mem, resp, S_FAILURE, Status::Good, None, 0),
+                    Some(resp) => write_response(
+                        &mem,
+                        resp,
+                        S_FAILURE,
+                        Status::Good,
+                        None,
+                        0,
+                        self.dlog.as_deref(),
+                    ),
                     None => 0,
                 };
-                return publish(&mut self.inflight, state, head, used, &mut self.log);
+                return publish(
+                    &mut self.inflight,
+                    state,
+                    head,
+                    used,
+                    &mut self.log,
+                    self.dlog.as_deref(),
+                );
             }
         };
         let lun = match decode_lun(&req.header.lun) {
@@ -532,8 +617,16 @@ impl RequestWorker {
                     sense.as_ref(),
                     &data,
                     &mut self.log,
+                    self.dlog.as_deref(),
                 );
-                publish(&mut self.inflight, state, head, used, &mut self.log)
+                publish(
+                    &mut self.inflight,
+                    state,
+                    head,
+                    used,
+                    &mut self.log,
+                    self.dlog.as_deref(),
+                )
             }
             other => {
                 // The target accepted a command for a LUN being detached
@@ -763,8 +856,16 @@ impl RequestWorker {
             Status::CheckCondition,
             Some(&sense),
             req.resid,
+            self.dlog.as_deref(),
         );
-        publish(&mut self.inflight, state, req.head, used, &mut self.log)
+        publish(
+            &mut self.inflight,
+            state,
+            req.head,
+            used,
+            &mut self.log,
+            self.dlog.as_deref(),
+        )
     }
 
     /// Complete at once with a virtio-scsi response code and no SCSI status.
@@ -776,8 +877,23 @@ impl RequestWorker {
         resp: &Segments,
         response: u8,
     ) -> bool {
-        let used = write_response(mem, resp, response, Status::Good, None, 0);
-        publish(&mut self.inflight, state, head, used, &mut self.log)
+        let used = write_response(
+            mem,
+            resp,
+            response,
+            Status::Good,
+            None,
+            0,
+            self.dlog.as_deref(),
+        );
+        publish(
+            &mut self.inflight,
+            state,
+            head,
+            used,
+            &mut self.log,
+            self.dlog.as_deref(),
+        )
     }
 }
 
@@ -807,6 +923,30 @@ fn clamp_u32(v: u64) -> u32 {
     u32::try_from(v).unwrap_or(u32::MAX)
 }
 
+/// Is the ring's avail index more than a ring ahead of where we are (a guest
+/// error, or a state no request can be taken from)? Then "more requests
+/// available" must not make a worker spin.
+pub(crate) fn avail_index_broken(q: &virtio_queue::Queue, mem: &GuestMem) -> bool {
+    match q.avail_idx(mem, std::sync::atomic::Ordering::Acquire) {
+        Ok(avail) => avail.0.wrapping_sub(q.next_avail()) > q.size(),
+        Err(_) => true,
+    }
+}
+
+/// Mark the used ring's header and the entry just added.
+fn log_used(d: &DirtyLog, q: &virtio_queue::Queue) {
+    let used = q.used_ring();
+    d.mark(used, 4);
+    let slot = u64::from(q.next_used().wrapping_sub(1) % q.size().max(1));
+    d.mark(used + 4 + 8 * slot, 8);
+}
+
+/// Mark the whole used ring (the avail_event field is written when
+/// notifications are switched on and off).
+pub(crate) fn log_used_ring(d: &DirtyLog, q: &virtio_queue::Queue) {
+    d.mark(q.used_ring(), 6 + 8 * u64::from(q.size()));
+}
+
 /// Put `head` in the used ring with `len` bytes written. With an inflight
 /// region, the request's completion is recorded first and the region
 /// follows the used ring in the spec's order, so a crash at any point
@@ -818,9 +958,16 @@ fn publish(
     head: u16,
     len: u32,
     log: &mut RateLimit,
+    dlog: Option<&DirtyLog>,
 ) -> bool {
     let mut add = || match state.add_used(head, len) {
-        Ok(()) => Some(state.get_queue().next_used()),
+        Ok(()) => {
+            let q = state.get_queue();
+            if let Some(d) = dlog {
+                log_used(d, q);
+            }
+            Some(q.next_used())
+        }
         Err(e) => {
             warn_limited!(log, error = %e, "add_used failed");
             None
@@ -839,6 +986,7 @@ fn publish(
 }
 
 /// Write `data` to data-in and the response; returns the used length.
+#[allow(clippy::too_many_arguments)]
 fn complete_with(
     mem: &GuestMem,
     resp: &Segments,
@@ -847,6 +995,7 @@ fn complete_with(
     sense: Option<&Sense>,
     data: &[u8],
     log: &mut RateLimit,
+    dlog: Option<&DirtyLog>,
 ) -> u32 {
     let written = match data_in.write_from(mem, data) {
         Ok(n) => n as u64,
@@ -855,8 +1004,12 @@ fn complete_with(
             0
         }
     };
-    let resid = clamp_u32(data_in.len().saturating_sub(written));
-    write_response(mem, resp, S_OK, status, sense, resid).saturating_add(clamp_u32(written))
+    if let Some(d) = dlog {
+        d.mark_segments(data_in, written as u64);
+    }
+    let resid = clamp_u32(data_in.len().saturating_sub(written as u64));
+    write_response(mem, resp, S_OK, status, sense, resid, dlog)
+        .saturating_add(clamp_u32(written as u64))
 }
 
 /// Write a command response header; returns its length (the used length
@@ -868,7 +1021,11 @@ fn write_response(
     status: Status,
     sense: Option<&Sense>,
     resid: u32,
+    dlog: Option<&DirtyLog>,
 ) -> u32 {
+    if let Some(d) = dlog {
+        d.mark_segments(resp, u64::from(RESP_LEN));
+    }
     let mut hdr = CmdRespHeader {
         resid: resid.to_le(),
         status: status as u8,

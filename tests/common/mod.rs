@@ -178,6 +178,66 @@ impl Daemon {
     }
 }
 
+/// Restarting a daemon in place (same temp dir, socket and disks), for the
+/// reconnection tests.
+impl Daemon {
+    /// SIGKILL the daemon and reap it: no shutdown path at all (its socket
+    /// file stays behind).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// Send SIGTERM without waiting (see [`Daemon::wait_exit`]).
+    pub fn sigterm(&self) {
+        if let Some(c) = &self.child {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        }
+    }
+
+    /// Wait up to `timeout` for the daemon to exit; its exit code (None:
+    /// killed by a signal). Panics with the log if it does not exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let start = Instant::now();
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st.code();
+            }
+            if start.elapsed() > timeout {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("daemon did not exit:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Start `serve ARGS` again in this daemon's temp dir once the previous
+    /// process is gone (the log goes on in daemon.log). Does not wait for
+    /// the socket: a killed daemon left a stale one, so connect with
+    /// retries (`ScsiFrontend::reconnect`).
+    pub fn respawn(&mut self, args: &[String]) {
+        assert!(self.child.is_none(), "the previous daemon still runs");
+        let log = fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(self.path("daemon.log"))
+            .unwrap();
+        let child = bin()
+            .arg("serve")
+            .args(args)
+            .stderr(Stdio::from(log))
+            .env("RUST_LOG", "debug")
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {

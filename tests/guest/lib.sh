@@ -176,6 +176,33 @@ lun_devs() {
     fi
 }
 
+# scsi_log_clean NAME [ALLOW-ERE]: the kernel log's SCSI, block and virtio
+# lines, for the record; FAIL on any sign of a disturbed disk: SCSI errors,
+# aborts, resets, timeouts, failed commands, I/O errors, a virtqueue the
+# driver found corrupt ("id N is not a head!", "id N out of range", "used
+# len N is larger than in buflen" make it mark the queue broken) or a hung
+# task. One line is allowed: the unit attention a disk reports after a
+# power-on or reset (what a LUN of a newly started daemon reports first),
+# which Linux prints as "sd H:C:T:L: Power-on or device reset occurred" and
+# retries. Lines matching ALLOW-ERE are allowed too. Prints "INFO: NAME:
+# N power-on/reset unit attention(s)".
+scsi_log_clean() {
+    dmesg >/tmp/kernel.log
+    grep -iE 'scsi|sd[a-z]|sd [0-9]|virtio|blk_|I/O error|not a head|out of range|larger than|broken|blocked for more|hung' \
+        /tmp/kernel.log | grep -v ACPI >/tmp/scsi.log
+    sed 's/^/  dmesg| /' /tmp/scsi.log
+    _ua=$(grep -cE 'sd [0-9]+:[0-9]+:[0-9]+:[0-9]+: Power-on or device reset occurred$' /tmp/scsi.log)
+    info "$1: $_ua power-on/reset unit attention(s)"
+    _bad=$(grep -iE 'error|abort|reset|timed out|timeout|fail|not a head|out of range|larger than|broken|blocked for more|hung' /tmp/scsi.log \
+        | grep -vE 'sd [0-9]+:[0-9]+:[0-9]+:[0-9]+: Power-on or device reset occurred$' \
+        | grep -vE "${2:-^$}" || true)
+    if [ -z "$_bad" ]; then
+        pass "$1: no SCSI errors, aborts, resets, timeouts or broken virtqueues in the kernel log"
+    else
+        fail "$1: kernel log" "$(echo "$_bad" | head -n 5 | tr '\n' ' ')"
+    fi
+}
+
 # Print the summary line and return the status.
 finish() {
     echo "SUMMARY: $PASSES passed, $FAILS failed"

@@ -19,7 +19,7 @@
 //!
 //! The tests run one at a time ([`serial`]): each asserts latencies, and
 //! the machines this runs on have two cores. The daemon bugs this file
-//! found and that are not fixed yet have ignored tests at the end.
+//! found and fixed since have their tests at the end.
 
 mod common;
 
@@ -1200,7 +1200,8 @@ fn silent_connections_time_out_or_give_way_and_a_second_frontend_is_refused() {
         let closed = closed_within(second.as_raw_fd(), GRACE + Duration::from_secs(5));
         let took = t.elapsed();
         assert!(
-            closed.is_some() && took < GRACE + Duration::from_secs(1),
+            // The grace plus scheduling slack on a loaded 2-core machine.
+            closed.is_some() && took < GRACE + Duration::from_secs(2),
             "second connection {i}: closed {closed:?}, after {took:?}\n{}",
             tail(&d)
         );
@@ -1355,11 +1356,11 @@ fn management_answers(d: &Daemon, when: &str) -> Vec<String> {
     broken
 }
 
-// Daemon bugs found by this file: ignored until they are fixed (each
-// test's comment says what, where and how to run it).
+// Daemon bugs this file found, fixed since (each test's comment says what
+// the bug was).
 
-/// DAEMON BUG (src/mgmt/metrics.rs with tiny_http 0.12; found by this
-/// file, not fixed by the rebuild on main): once the daemon ran out of
+/// FIXED DAEMON BUG (src/mgmt/metrics.rs with tiny_http 0.12, now our own
+/// small HTTP responder that retries a failed accept): once the daemon ran out of
 /// descriptors, the metrics endpoint is dead for good, even after
 /// descriptors are free again. tiny_http's accept thread sits in a blocking
 /// accept(2), which holds a descriptor number from the start; at the next
@@ -1373,9 +1374,7 @@ fn management_answers(d: &Daemon, when: &str) -> Vec<String> {
 /// fails ("cannot restart the metrics endpoint") the loop goes back to
 /// `recv()` on the dead server, which blocks forever too. The controllers
 /// recover from the same condition (`no_fd_left_stops_only_the_...`).
-/// Reproduce: `cargo test --test isolation -- --ignored metrics_survive`.
 #[test]
-#[ignore = "daemon bug: the metrics endpoint never answers again after running out of fds (tiny_http's accept thread panics)"]
 fn metrics_survive_running_out_of_fds() {
     let _serial = serial();
     let mut d = start(true);
@@ -1405,8 +1404,8 @@ fn metrics_survive_running_out_of_fds() {
     assert_eq!(d.stop(), Some(0));
 }
 
-/// DAEMON BUG (src/vhost/server.rs with the vhost crate 0.18; found by
-/// this file, not fixed by the 2 s message timeout on main): a frontend
+/// FIXED DAEMON BUG (src/vhost/server.rs with the vhost crate 0.18, now
+/// a watchdog shuts down a connection whose replies stay unread): a frontend
 /// that sends requests and never reads the replies holds its controller's
 /// thread for good. The write timeout (SO_SNDTIMEO) makes sendmsg(2) fail
 /// with EAGAIN after 2 s, but vhost's `Endpoint::send_iovec_all`
@@ -1414,10 +1413,8 @@ fn metrics_survive_running_out_of_fds() {
 /// sends again, forever. So the controller stays `connected` and serves
 /// no one, `controller_delete --force` of it never returns and blocks
 /// every later management call (the manager's lock), and SIGTERM does
-/// not stop the daemon. Reproduce:
-/// `cargo test --test isolation -- --ignored replies_never_read`.
+/// not stop the daemon.
 #[test]
-#[ignore = "daemon bug: a frontend that never reads its replies holds its controller, its deletion and shutdown"]
 fn replies_never_read_do_not_hold_a_controller_its_deletion_or_shutdown() {
     const GET_FEATURES: u32 = 1;
     let _serial = serial();

@@ -24,12 +24,13 @@
 use std::fmt;
 use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -42,6 +43,7 @@ use prometheus_client::registry::Registry;
 
 use super::api::Stats;
 use crate::unix_socket::listen_at;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// Content type of the OpenMetrics text format that [`render`] produces.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -301,8 +303,14 @@ pub type StatsSource = Arc<dyn Fn() -> Stats + Send + Sync>;
 
 /// The HTTP endpoint serving [`render`] of a [`StatsSource`] on its own
 /// thread until [`MetricsServer::stop`] (or drop).
+///
+/// A deliberately small HTTP/1.1 responder (one request per connection,
+/// `Connection: close`): a scrape is one GET. It is ours rather than a
+/// library's so that running out of file descriptors costs a few failed
+/// scrapes, never the endpoint: an accept(2) that fails is retried after a
+/// pause (tiny_http, used before, ended or panicked its accept thread).
 pub struct MetricsServer {
-    server: Arc<Current>,
+    stop: Arc<EventFd>,
     thread: Option<JoinHandle<()>>,
     local_addr: Option<SocketAddr>,
     /// The socket file to remove on stop.
@@ -319,51 +327,51 @@ impl MetricsServer {
             addr: addr.to_string(),
             source,
         };
-        let (listener, unix_path) = match addr {
+        let (listener, unix_path, local_addr) = match addr {
             MetricsAddr::Tcp(a) => {
                 let l = TcpListener::bind(a).map_err(listen_err)?;
-                (Listening::Tcp(l), None)
+                l.set_nonblocking(true).map_err(listen_err)?;
+                let local = l.local_addr().ok();
+                (Listening::Tcp(l), None, local)
             }
             MetricsAddr::Unix(p) => {
                 remove_stale_socket(p)?;
                 // Mode 0600 from its creation; the file appears once it
                 // listens.
                 let (l, _ino) = listen_at(p, Some(0o600)).map_err(listen_err)?;
-                (Listening::Unix(l), Some(p.clone()))
-            }
-        };
-        let server = listener.server();
-        let server = match server {
-            Ok(s) => Arc::new(s),
-            Err(e) => {
-                if let Some(p) = &unix_path {
+                if let Err(e) = l.set_nonblocking(true) {
                     let _ = std::fs::remove_file(p);
+                    return Err(listen_err(e));
                 }
-                return Err(listen_err(std::io::Error::other(e.to_string())));
+                (Listening::Unix(l), Some(p.clone()), None)
             }
         };
-        let local_addr = server.server_addr().to_ip();
-        let current = Arc::new(Current {
-            server: Mutex::new(Some(server)),
-            stopping: AtomicBool::new(false),
-        });
-        let worker = current.clone();
+        let cleanup = |unix_path: &Option<PathBuf>| {
+            if let Some(p) = unix_path {
+                let _ = std::fs::remove_file(p);
+            }
+        };
+        let stop = match EventFd::new(EFD_NONBLOCK) {
+            Ok(e) => Arc::new(e),
+            Err(e) => {
+                cleanup(&unix_path);
+                return Err(MetricsError::Thread(e));
+            }
+        };
+        let wake = stop.clone();
         let thread = std::thread::Builder::new()
             .name("metrics".into())
-            .spawn(move || serve(&worker, &listener, &*source));
+            .spawn(move || serve(&listener, &wake, &*source));
         let thread = match thread {
             Ok(t) => t,
             Err(e) => {
-                drop(current);
-                if let Some(p) = &unix_path {
-                    let _ = std::fs::remove_file(p);
-                }
+                cleanup(&unix_path);
                 return Err(MetricsError::Thread(e));
             }
         };
         tracing::info!(%addr, "serving metrics");
         Ok(MetricsServer {
-            server: current,
+            stop,
             thread: Some(thread),
             local_addr,
             unix_path,
@@ -376,26 +384,19 @@ impl MetricsServer {
         self.local_addr
     }
 
-    /// Stops serving, waits for the request thread and removes the Unix
-    /// socket. (tiny_http closes a TCP listener from its own accept thread,
-    /// a moment after this returns.)
+    /// Stops serving, waits for the request thread (which closes the
+    /// listener) and removes the Unix socket.
     pub fn stop(mut self) {
         self.shutdown();
     }
 
     fn shutdown(&mut self) {
-        self.server.stopping.store(true, Ordering::SeqCst);
-        if let Some(server) = lock(&self.server.server).as_ref() {
-            server.unblock();
-        }
+        let _ = self.stop.write(1);
         if let Some(t) = self.thread.take() {
             if t.join().is_err() {
                 tracing::warn!("the metrics thread panicked");
             }
         }
-        // Dropping the last reference closes the listener (tiny_http wakes
-        // its accept thread by connecting, so the file must still exist).
-        *lock(&self.server.server) = None;
         if let Some(p) = self.unix_path.take() {
             if let Err(e) = std::fs::remove_file(&p) {
                 if e.kind() != ErrorKind::NotFound {
@@ -430,98 +431,171 @@ fn remove_stale_socket(path: &Path) -> Result<(), MetricsError> {
     }
 }
 
-/// The server in service, replaced when its accept thread ended.
-struct Current {
-    server: Mutex<Option<Arc<tiny_http::Server>>>,
-    stopping: AtomicBool,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Our own handle of the listening socket: tiny_http ends its accept
-/// thread at the first accept(2) error (EMFILE...), so a new server is
-/// built on a duplicate of it.
+/// The listening socket.
 enum Listening {
     Tcp(TcpListener),
     Unix(std::os::unix::net::UnixListener),
 }
 
+/// An accepted connection.
+enum Conn {
+    Tcp(std::net::TcpStream),
+    Unix(UnixStream),
+}
+
 impl Listening {
-    fn server(&self) -> Result<tiny_http::Server, String> {
-        let made = match self {
-            Listening::Tcp(l) => l
-                .try_clone()
-                .map_err(|e| e.to_string())
-                .map(|l| tiny_http::Server::from_listener(l, None)),
-            Listening::Unix(l) => l
-                .try_clone()
-                .map_err(|e| e.to_string())
-                .map(|l| tiny_http::Server::from_listener(l, None)),
-        };
-        made?.map_err(|e| e.to_string())
+    fn fd(&self) -> RawFd {
+        match self {
+            Listening::Tcp(l) => l.as_raw_fd(),
+            Listening::Unix(l) => l.as_raw_fd(),
+        }
+    }
+
+    fn accept(&self) -> std::io::Result<Conn> {
+        match self {
+            Listening::Tcp(l) => l.accept().map(|(c, _)| Conn::Tcp(c)),
+            Listening::Unix(l) => l.accept().map(|(c, _)| Conn::Unix(c)),
+        }
     }
 }
 
-/// The request loop: until [`MetricsServer::stop`]. An error of the
-/// server (its accept thread ended) is logged and the server rebuilt on
-/// the same socket, with a growing pause.
-fn serve(current: &Current, listener: &Listening, source: &(dyn Fn() -> Stats + Send + Sync)) {
-    let mut backoff = Duration::from_millis(50);
+/// Longest a scraper may take to send its request or read the answer.
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest request head we read.
+const MAX_HEAD: usize = 8192;
+
+/// The accept loop: until `stop` is written.
+fn serve(listener: &Listening, stop: &EventFd, source: &(dyn Fn() -> Stats + Send + Sync)) {
+    let mut pause = Duration::from_millis(50);
     loop {
-        let Some(server) = lock(&current.server).clone() else {
+        let mut fds = [
+            libc::pollfd {
+                fd: listener.fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: stop.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: `fds` is a valid array of two pollfd during the call.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if rc < 0 {
+            if std::io::Error::last_os_error().kind() == ErrorKind::Interrupted {
+                continue;
+            }
+            std::thread::sleep(pause);
+            continue;
+        }
+        if fds[1].revents != 0 {
             return;
-        };
-        match server.recv() {
-            Ok(request) => {
-                backoff = Duration::from_millis(50);
-                answer(request, source);
+        }
+        match listener.accept() {
+            Ok(conn) => {
+                pause = Duration::from_millis(50);
+                let result = match conn {
+                    Conn::Tcp(c) => answer(c, source),
+                    Conn::Unix(c) => answer(c, source),
+                };
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "metrics request not answered");
+                }
             }
+            Err(e) if e.kind() == ErrorKind::Interrupted || e.kind() == ErrorKind::WouldBlock => {}
             Err(e) => {
-                if current.stopping.load(Ordering::SeqCst) {
-                    return;
-                }
-                tracing::error!(error = %e, "metrics endpoint failed; restarting it");
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-                if current.stopping.load(Ordering::SeqCst) {
-                    return;
-                }
-                match listener.server() {
-                    Ok(s) => *lock(&current.server) = Some(Arc::new(s)),
-                    Err(e) => tracing::error!(error = %e, "cannot restart the metrics endpoint"),
-                }
+                // EMFILE and friends: the connection waits in the backlog;
+                // try again once descriptors may be back.
+                tracing::warn!(error = %e, "metrics: accept failed; retrying");
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(1));
             }
         }
     }
 }
 
-fn answer(request: tiny_http::Request, source: &(dyn Fn() -> Stats + Send + Sync)) {
-    let path = request.url().split('?').next().unwrap_or("");
-    let response = match (request.method(), path) {
-        (tiny_http::Method::Get | tiny_http::Method::Head, "/metrics") => {
-            let body = render(&source());
-            text_response(200, body, CONTENT_TYPE)
-        }
-        (_, "/metrics") => text_response(405, "method not allowed\n".into(), "text/plain"),
-        _ => text_response(404, "not found; try /metrics\n".into(), "text/plain"),
-    };
-    if let Err(e) = request.respond(response) {
-        tracing::debug!(error = %e, "metrics response not sent");
+/// Something [`answer`] can talk HTTP over.
+trait Stream: std::io::Read + std::io::Write {
+    fn timeouts(&self, t: Duration) -> std::io::Result<()>;
+}
+
+impl Stream for std::net::TcpStream {
+    fn timeouts(&self, t: Duration) -> std::io::Result<()> {
+        self.set_read_timeout(Some(t))?;
+        self.set_write_timeout(Some(t))
     }
 }
 
-fn text_response(
-    status: u16,
-    body: String,
-    content_type: &str,
-) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
-    let mut r = tiny_http::Response::from_string(body).with_status_code(status);
-    if let Ok(h) = tiny_http::Header::from_bytes(&b"Content-Type"[..], content_type.as_bytes()) {
-        r.add_header(h);
+impl Stream for UnixStream {
+    fn timeouts(&self, t: Duration) -> std::io::Result<()> {
+        self.set_read_timeout(Some(t))?;
+        self.set_write_timeout(Some(t))
     }
-    r
+}
+
+/// Read one request head and answer it.
+fn answer(mut c: impl Stream, source: &(dyn Fn() -> Stats + Send + Sync)) -> std::io::Result<()> {
+    c.timeouts(IO_TIMEOUT)?;
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
+        let n = c.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(buf.get(..n).unwrap_or_default());
+        if head.len() > MAX_HEAD {
+            return respond(&mut c, 431, "request head too large\n", "text/plain", false);
+        }
+    }
+    let text = String::from_utf8_lossy(&head);
+    let mut words = text.lines().next().unwrap_or("").split_whitespace();
+    let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    let path = target.split('?').next().unwrap_or("");
+    let head_only = method == "HEAD";
+    match (method, path) {
+        ("GET" | "HEAD", "/metrics") => {
+            let body = render(&source());
+            respond(&mut c, 200, &body, CONTENT_TYPE, head_only)
+        }
+        (_, "/metrics") => respond(&mut c, 405, "method not allowed\n", "text/plain", head_only),
+        _ => respond(
+            &mut c,
+            404,
+            "not found; try /metrics\n",
+            "text/plain",
+            head_only,
+        ),
+    }
+}
+
+fn respond(
+    c: &mut impl std::io::Write,
+    status: u16,
+    body: &str,
+    content_type: &str,
+    head_only: bool,
+) -> std::io::Result<()> {
+    let reason = match status {
+        200 => "OK",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        _ => "Request Header Fields Too Large",
+    };
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    if status == 405 {
+        out.push_str("Allow: GET, HEAD\r\n");
+    }
+    out.push_str("\r\n");
+    if !head_only {
+        out.push_str(body);
+    }
+    c.write_all(out.as_bytes())?;
+    c.flush()
 }
 
 #[cfg(test)]
@@ -765,7 +839,6 @@ mod tests {
         s.read_to_string(&mut r).unwrap();
         assert_eq!(status(&r), 405, "{r}");
         server.stop();
-        // tiny_http's accept thread closes the listener a moment later.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while std::net::TcpStream::connect(at).is_ok() {
             assert!(std::time::Instant::now() < deadline, "still listening");

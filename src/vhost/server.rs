@@ -363,6 +363,7 @@ fn serve_connection(
     stream.set_write_timeout(Some(MESSAGE_TIMEOUT))?;
     let closer = stream.try_clone()?;
     let mut requests = BackendReqHandler::from_stream(stream, handler.clone());
+    let watchdog = ReplyWatchdog::start(closer.try_clone()?, label.clone())?;
     tracing::info!(socket = %config.socket.display(), "frontend connected");
     server.connections.fetch_add(1, Ordering::Relaxed);
     *server.current() = Some(backend.clone());
@@ -447,7 +448,10 @@ fn serve_connection(
                 break;
             }
         }
-        match requests.handle_request() {
+        watchdog.busy(true);
+        let handled = requests.handle_request();
+        watchdog.busy(false);
+        match handled {
             Ok(()) => heard = true,
             Err(
                 vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
@@ -465,6 +469,7 @@ fn serve_connection(
         replacement = waiting.map(|(w, _)| w);
     }
     let _ = closer.shutdown(std::net::Shutdown::Both);
+    drop(watchdog);
     drop(requests);
     device.events.disconnect();
     // Finish what the guest had in flight, then let the worker threads go
@@ -476,6 +481,101 @@ fn serve_connection(
         Err(_) => tracing::error!("protocol handler still referenced at disconnect"),
     }
     Ok(replacement)
+}
+
+/// Ends a connection whose frontend does not read our replies. The vhost
+/// crate retries a send that would block for as long as it takes, so a
+/// frontend that stops reading (its receive buffer full) would hold the
+/// message thread, and with it the controller's deletion and the daemon's
+/// shutdown. A request may legitimately take long (GET_VRING_BASE waits
+/// for the ring's I/O), so the watchdog acts only when a request has run
+/// for [`STUCK_REPLY`] *and* our send queue still holds unread bytes: then
+/// it shuts the socket down and the send fails.
+struct ReplyWatchdog {
+    shared: Arc<(Mutex<WatchState>, std::sync::Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct WatchState {
+    busy_since: Option<Instant>,
+    stop: bool,
+}
+
+/// How long a request may run with its reply unread before the connection
+/// is shut down.
+const STUCK_REPLY: Duration = Duration::from_secs(3);
+
+impl ReplyWatchdog {
+    fn start(sock: UnixStream, label: Arc<str>) -> io::Result<Self> {
+        let shared = Arc::new((Mutex::new(WatchState::default()), std::sync::Condvar::new()));
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("vus-watchdog".into())
+            .spawn(move || watch(&s, &sock, &label))?;
+        Ok(ReplyWatchdog {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    fn busy(&self, busy: bool) {
+        let (m, cv) = &*self.shared;
+        let mut st = m.lock().unwrap_or_else(|p| p.into_inner());
+        st.busy_since = busy.then(Instant::now);
+        cv.notify_one();
+    }
+}
+
+impl Drop for ReplyWatchdog {
+    fn drop(&mut self) {
+        {
+            let (m, cv) = &*self.shared;
+            m.lock().unwrap_or_else(|p| p.into_inner()).stop = true;
+            cv.notify_one();
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn watch(shared: &(Mutex<WatchState>, std::sync::Condvar), sock: &UnixStream, label: &str) {
+    let (m, cv) = shared;
+    let mut st = m.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        if st.stop {
+            return;
+        }
+        let wait = match st.busy_since {
+            None => None,
+            Some(since) if since.elapsed() < STUCK_REPLY => Some(STUCK_REPLY - since.elapsed()),
+            Some(_) => {
+                if unsent_bytes(sock) > 0 {
+                    tracing::warn!(controller = %label, "the frontend does not read our replies; closing the connection");
+                    let _ = sock.shutdown(std::net::Shutdown::Both);
+                    return;
+                }
+                Some(Duration::from_millis(500))
+            }
+        };
+        st = match wait {
+            None => cv.wait(st).unwrap_or_else(|p| p.into_inner()),
+            Some(d) => cv.wait_timeout(st, d).unwrap_or_else(|p| p.into_inner()).0,
+        };
+    }
+}
+
+/// Bytes written to `sock` that the peer has not read yet (SIOCOUTQ).
+fn unsent_bytes(sock: &UnixStream) -> i32 {
+    let mut n: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int to the pointer we pass.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    if rc < 0 {
+        0
+    } else {
+        n
+    }
 }
 
 /// accept(2) on a listening socket without blocking.

@@ -463,9 +463,7 @@ impl Connection {
     /// GET_VRING_BASE (stops the ring in the backend); returns its avail
     /// index. Callable while other rings run.
     pub fn stop_queue(&self, queue: usize) -> Result<u32> {
-        self.call_shared("GET_VRING_BASE", Some(queue), |fe| {
-            fe.get_vring_base(queue)
-        })
+        self.call_shared("GET_VRING_BASE", Some(queue), |fe| fe.get_vring_base(queue))
     }
 
     /// Wait up to `timeout` for the backend to close the connection

@@ -25,7 +25,10 @@ pub const LOG_PAGE: u64 = 0x1000;
 /// Bytes of a bitmap covering guest-physical addresses below `end`:
 /// `(end / 4096 + 7) / 8`, rounded up to a page.
 pub fn bitmap_size(end: u64) -> u64 {
-    (end.div_ceil(LOG_PAGE)).div_ceil(8).next_multiple_of(4096).max(4096)
+    (end.div_ceil(LOG_PAGE))
+        .div_ceil(8)
+        .next_multiple_of(4096)
+        .max(4096)
 }
 
 /// The pages `[gpa, gpa + len)` touches (page numbers, empty when `len` is 0).

@@ -12,9 +12,9 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{pattern, Daemon};
@@ -315,23 +315,26 @@ fn check_marks(
     );
 }
 
-/// A daemon serving one image (`dir`: where it lives) on 2 request queues.
-fn daemon_with_image(imgdir: &Path) -> (Daemon, PathBuf) {
+/// A daemon serving one image (in `imgdir`) on 2 request queues, and its
+/// arguments (for a restart).
+fn daemon_with_image(imgdir: &Path) -> (Daemon, Vec<String>) {
     let img = common::image(imgdir, "disk.img", IMAGE);
+    let mut args = Vec::new();
     let d = Daemon::start_with(
         |dir| {
-            vec![
+            args = vec![
                 "--socket".into(),
                 dir.join("vus.sock").display().to_string(),
                 "--disk".into(),
                 img.display().to_string(),
                 "--num-queues".into(),
                 QUEUES.to_string(),
-            ]
+            ];
+            args.clone()
         },
         "vus.sock",
     );
-    (d, img)
+    (d, args)
 }
 
 fn config(d: &Daemon) -> FrontendConfig {
@@ -456,7 +459,7 @@ fn run_and_check(
 #[test]
 fn reads_mark_their_data_response_and_used_ring_and_nothing_else() {
     let imgdir = tempfile::tempdir().unwrap();
-    let (mut d, _img) = daemon_with_image(imgdir.path());
+    let (mut d, _) = daemon_with_image(imgdir.path());
     let fe = connect(&d, &config(&d));
     common::settle(&fe, [0]);
     fill(&fe, 4 << 20, 1);
@@ -473,7 +476,8 @@ fn reads_mark_their_data_response_and_used_ring_and_nothing_else() {
     // (name, lba, data-in pieces (page offset, length), response page
     // offset, response and data-in merged)
     let k4 = 4096u32;
-    let cases: Vec<(&str, u64, Vec<(u64, u32)>, u64, bool)> = vec![
+    type Case = (&'static str, u64, Vec<(u64, u32)>, u64, bool);
+    let cases: Vec<Case> = vec![
         ("512 B", 3, vec![(0, 512)], 0, false),
         (
             "512 B across a page boundary",
@@ -631,10 +635,53 @@ fn reads_mark_their_data_response_and_used_ring_and_nothing_else() {
         assert_eq!((r.response, r.status), (S_OK, GOOD), "{name}");
         assert!(r.resid < *len, "{name}: no data");
     }
-    // The data a READ CAPACITY(10) landed is what the pages hold.
+    // The frontend's own writes are never in the log.
     unrelated.write(&[0xa5; 4096]);
     assert!(fe.dirty_pages(false).unwrap().is_empty());
     assert_healthy(&mut d, "reads");
+}
+
+/// A backend restarted while logging (QEMU reconnects during a
+/// migration): the frontend gives the new one LOG_ALL, VHOST_VRING_F_LOG
+/// and the same log, and what the new daemon writes is marked in it.
+#[test]
+fn logging_goes_on_across_a_reconnection() {
+    let imgdir = tempfile::tempdir().unwrap();
+    let (mut d, args) = daemon_with_image(imgdir.path());
+    let mut fe = connect(&d, &config(&d));
+    common::settle(&fe, [0]);
+    fill(&fe, 1 << 20, 5);
+    let log = fe.start_logging().unwrap();
+    d.kill9();
+    d.respawn(&args);
+    fe.reconnect()
+        .unwrap_or_else(|e| panic!("reconnect: {e}\n{}", d.log()));
+    assert!(fe.is_logging() && fe.connection().log_all());
+    assert!(Arc::ptr_eq(&log, &fe.dirty_log().unwrap()));
+    common::settle(&fe, [0]);
+    let unrelated = Buf::new(&fe, 0, 4096);
+    let read = |what: &str| {
+        let cmd = Cmd::new(
+            &fe,
+            &CmdLayout {
+                din: &[(1000, 8192)],
+                ..SIMPLE
+            },
+        );
+        cmd.prepare(&cdb::read10(64, 16, false), &[]);
+        let r = run_and_check(&fe, what, &cmd, 1, true, &unrelated);
+        assert_eq!((r.response, r.status), (S_OK, GOOD), "{what}");
+        assert!(cmd.data_in() == expected(64, 16, 5), "{what}");
+    };
+    read("READ after a reconnection");
+    fe.stop_logging().unwrap();
+    fe.dirty_pages(true).unwrap();
+    let r = fe
+        .command(0, 0, &cdb::read10(0, 8, false), DataDir::FromDevice(4096))
+        .unwrap();
+    assert_eq!(r.status, GOOD);
+    assert!(fe.dirty_pages(false).unwrap().is_empty());
+    assert_healthy(&mut d, "reconnection");
 }
 
 /// A control-queue request whose buffers are the test's; returns the
@@ -952,7 +999,7 @@ fn verified_io(
 #[test]
 fn log_all_toggled_under_verified_io() {
     let imgdir = tempfile::tempdir().unwrap();
-    let (mut d, _img) = daemon_with_image(imgdir.path());
+    let (mut d, _) = daemon_with_image(imgdir.path());
     let fe = connect(&d, &config(&d));
     common::settle(&fe, [0]);
     let phase = Mutex::new(Phase { id: 0, on: false });
@@ -1098,7 +1145,7 @@ fn refused(d: &mut Daemon, what: &str, file: &std::fs::File, size: u64, offset: 
 #[test]
 fn bad_log_bases_are_refused_and_the_daemon_serves_on() {
     let imgdir = tempfile::tempdir().unwrap();
-    let (mut d, _img) = daemon_with_image(imgdir.path());
+    let (mut d, _) = daemon_with_image(imgdir.path());
     let f = tempfile::tempfile().unwrap();
     f.set_len(8192).unwrap();
     refused(&mut d, "a log larger than its file", &f, 16384, 0);
@@ -1176,7 +1223,7 @@ enum StopAt {
 fn get_vring_base_with_reads_in_flight(when: StopAt, n: usize, len: u32, queue_size: u16) {
     // A disk-backed image (O_DIRECT): reads stay in flight for a while.
     let imgdir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let (mut d, _img) = daemon_with_image(imgdir.path());
+    let (mut d, _) = daemon_with_image(imgdir.path());
     let mut cfg = config(&d);
     cfg.queue_size = queue_size;
     // A daemon that does not answer spins and logs fast: fail soon.
@@ -1327,7 +1374,7 @@ fn get_vring_base_right_after_a_burst_answers() {
     const ATTEMPTS: usize = 60;
     let blocks = u64::from(LEN) / BLOCK;
     let imgdir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let (mut d, _img) = daemon_with_image(imgdir.path());
+    let (mut d, _) = daemon_with_image(imgdir.path());
     let mut cfg = config(&d);
     // Every publish kicks: a kick is pending when GET_VRING_BASE arrives.
     cfg.always_kick = true;

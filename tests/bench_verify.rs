@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vhost_user_scsi::bench::{self, BenchArgs, Report, Rw};
+use vhost_user_scsi::bench::{self, BenchArgs, OnOff, Report, Rw};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vhost-user-scsi");
 
@@ -97,6 +97,35 @@ fn verify_two_queues_in_process() {
 }
 
 #[test]
+fn dirty_log_and_inflight_switches() {
+    let d = Daemon::start(32 << 20);
+    for (dirty_log, inflight) in [(true, OnOff::On), (true, OnOff::Off), (false, OnOff::Off)] {
+        let mut a = BenchArgs::new(&d.socket);
+        a.queues = 2;
+        a.qd = 8;
+        a.rw = Rw::Randrw;
+        a.runtime = 0.6;
+        a.ramp = 0.1;
+        a.verify = true;
+        a.seed = Some(7);
+        a.dirty_log = dirty_log;
+        a.inflight = inflight;
+        let r = bench::run(&a, false).expect("bench run");
+        let t = r.text();
+        assert_eq!((r.errors, r.mismatches), (0, 0), "{t}");
+        assert_eq!(r.inflight, inflight.is_on(), "{t}");
+        assert_eq!(r.dirty_log, dirty_log, "{t}");
+        if dirty_log {
+            // Every 100 ms over at least 0.7 s, and the I/O dirtied pages.
+            assert!(r.log_syncs >= 4 && r.dirty_pages > 0, "{t}");
+            assert!(t.contains("dirty log:"), "{t}");
+        } else {
+            assert_eq!((r.log_syncs, r.dirty_pages), (0, 0));
+        }
+    }
+}
+
+#[test]
 fn json_from_the_binary() {
     let d = Daemon::start(32 << 20);
     let out = Command::new(BIN)
@@ -110,7 +139,16 @@ fn json_from_the_binary() {
             "--qd",
             "4",
         ])
-        .args(["--rw", "randread", "--cdb", "16", "--socket"])
+        .args([
+            "--rw",
+            "randread",
+            "--cdb",
+            "16",
+            "--inflight",
+            "off",
+            "--dirty-log",
+        ])
+        .arg("--socket")
         .arg(&d.socket)
         .arg("--backend-pid")
         .arg(d.pid().to_string())
@@ -128,6 +166,7 @@ fn json_from_the_binary() {
     assert!(r.ios > 0 && r.reads == r.ios);
     assert!(r.latency.p50_us > 0.0 && r.latency.p99_us >= r.latency.p50_us);
     assert!(r.backend_cpu_us_per_io.is_some());
+    assert!(!r.inflight && r.dirty_log && r.log_syncs > 0);
 }
 
 #[test]

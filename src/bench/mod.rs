@@ -85,6 +85,18 @@ pub struct BenchArgs {
     /// Virtqueue size; default: enough for qd requests, at least 128 (QEMU's default).
     #[arg(long, value_parser = parse_ring_size)]
     pub ring_size: Option<u16>,
+    /// Negotiate VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD (when offered) and
+    /// hand the backend its inflight region, as QEMU does; off: not
+    /// negotiated, the backend keeps no inflight record (what tracking
+    /// costs).
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    pub inflight: OnOff,
+    /// Dirty-page logging, as while QEMU migrates the guest: logging starts
+    /// before the ramp (SET_LOG_BASE, VHOST_F_LOG_ALL, VHOST_VRING_F_LOG)
+    /// and another thread collects and clears the log every 100 ms, as
+    /// QEMU's migration sync does. Needs LOG_SHMFD.
+    #[arg(long)]
+    pub dirty_log: bool,
     /// Write blocks carrying their LBA, a generation and a checksum; check
     /// every read, then read back every written block.
     #[arg(long)]
@@ -121,6 +133,8 @@ impl BenchArgs {
             event_idx: OnOff::On,
             indirect: OnOff::On,
             ring_size: None,
+            inflight: OnOff::On,
+            dirty_log: false,
             verify: false,
             backend_pid: None,
             idle: false,

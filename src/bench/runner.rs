@@ -29,6 +29,9 @@ const TABLE_OFF: u64 = 512;
 const NO_RESPONSE: u8 = 0xff;
 /// A backend that completes nothing for this long has stalled.
 const STALL: Duration = Duration::from_secs(30);
+/// `--dirty-log`: how often the log is collected and cleared (QEMU's
+/// migration sync runs about that often while it iterates over RAM).
+const LOG_SYNC: Duration = Duration::from_millis(100);
 /// How many errors / mismatches are described.
 const SAMPLES: usize = 5;
 /// `gens` value of a unit whose contents are unknown (a write failed).
@@ -111,6 +114,7 @@ fn frontend_config(args: &BenchArgs, ring: u16) -> FrontendConfig {
     cfg.queue_size = ring;
     cfg.event_idx = args.event_idx.is_on();
     cfg.indirect = args.indirect.is_on();
+    cfg.inflight = args.inflight.is_on();
     let rings = (usize::from(args.queues) + 2)
         * (RingLayout::new(ring).total as usize).next_multiple_of(4096);
     let slots = usize::from(args.queues) * usize::from(args.qd) * (META + args.bs as usize);
@@ -243,6 +247,12 @@ pub fn run(args: &BenchArgs, progress: bool) -> Result<Report, BenchError> {
     let event_idx = fe
         .connection()
         .has_feature(crate::frontend::features::VIRTIO_RING_F_EVENT_IDX);
+    if args.dirty_log && !fe.connection().has_log_shmfd() {
+        let _ = fe.shutdown();
+        return Err(BenchError::Options(
+            "--dirty-log: the backend does not offer VHOST_USER_PROTOCOL_F_LOG_SHMFD".into(),
+        ));
+    }
     let lun = crate::virtio_scsi::encode_lun(args.target, args.lun);
     let result = drive(&fe, args, lun, indirect, ring, event_idx, progress);
     // Teardown: GET_VRING_BASE on every ring, also after a failed run.
@@ -349,7 +359,33 @@ fn drive(
         b
     });
 
-    let (results, window) = std::thread::scope(|s| -> Result<_, BenchError> {
+    // Migration starts: logging on before the ramp, so the whole measured
+    // window runs with it.
+    if args.dirty_log {
+        fe.start_logging().map_err(fe_err("start dirty logging"))?;
+    }
+    let sync_stop = AtomicBool::new(false);
+    let (results, window, synced) = std::thread::scope(|s| -> Result<_, BenchError> {
+        // QEMU's migration sync: collect and clear the log periodically.
+        let sync = args.dirty_log.then(|| {
+            let sync_stop = &sync_stop;
+            s.spawn(move || -> Result<(u64, u64), BenchError> {
+                let (mut syncs, mut pages) = (0u64, 0u64);
+                let mut next = Instant::now() + LOG_SYNC;
+                while !sync_stop.load(Ordering::Relaxed) {
+                    let now = Instant::now();
+                    if now < next {
+                        std::thread::sleep((next - now).min(Duration::from_millis(10)));
+                        continue;
+                    }
+                    next += LOG_SYNC;
+                    let d = fe.dirty_pages(true).map_err(fe_err("dirty log sync"))?;
+                    syncs += 1;
+                    pages += d.count() as u64;
+                }
+                Ok((syncs, pages))
+            })
+        });
         let handles: Vec<_> = if args.idle {
             Vec::new()
         } else {
@@ -422,12 +458,22 @@ fn drive(
                 }
             }
         }
+        sync_stop.store(true, Ordering::Relaxed);
+        let synced = match sync.map(|h| h.join()) {
+            None => (0, 0),
+            Some(Ok(r)) => r?,
+            Some(Err(_)) => return Err(BenchError::Thread),
+        };
         sampled?;
         if let Some(e) = first_err {
             return Err(e);
         }
-        Ok((results, (at_ramp, at_end)))
+        Ok((results, (at_ramp, at_end), synced))
     })?;
+    if args.dirty_log {
+        // Migration over (or cancelled): logging off.
+        fe.stop_logging().map_err(fe_err("stop dirty logging"))?;
+    }
     if let Some(b) = bar {
         b.finish_and_clear();
     }
@@ -457,6 +503,10 @@ fn drive(
         capacity_blocks: blocks,
         runtime_s: secs,
         backend_pid: pid,
+        inflight: fe.inflight().is_some(),
+        dirty_log: args.dirty_log,
+        log_syncs: synced.0,
+        dirty_pages: synced.1,
         ..Default::default()
     };
     for q in results {

@@ -80,6 +80,18 @@ pub struct Report {
     /// Kicks sent / suppressed by EVENT_IDX over the whole run.
     pub kicks: u64,
     pub kicks_suppressed: u64,
+    /// VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD negotiated.
+    #[serde(default)]
+    pub inflight: bool,
+    /// Dirty logging on during the run (`--dirty-log`).
+    #[serde(default)]
+    pub dirty_log: bool,
+    /// Log syncs (collect and clear) over the whole run.
+    #[serde(default)]
+    pub log_syncs: u64,
+    /// Dirty pages the syncs collected over the whole run.
+    #[serde(default)]
+    pub dirty_pages: u64,
 }
 
 impl Report {
@@ -94,7 +106,7 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "{} bs={} queues={} qd={} cdb={} event_idx={} indirect={} ring={} ({} blocks of {} bytes)",
+            "{} bs={} queues={} qd={} cdb={} event_idx={} indirect={} inflight={} dirty_log={} ring={} ({} blocks of {} bytes)",
             self.rw,
             self.bs,
             self.queues,
@@ -102,6 +114,8 @@ impl Report {
             self.cdb,
             on_off(self.event_idx),
             on_off(self.indirect),
+            on_off(self.inflight),
+            on_off(self.dirty_log),
             self.ring_size,
             self.capacity_blocks,
             self.block_size
@@ -135,6 +149,13 @@ impl Report {
             "  bench: {:.2} CPU s, {:.2} CPU us/IO; kicks {} (suppressed {})",
             self.bench_cpu_s, self.bench_cpu_us_per_io, self.kicks, self.kicks_suppressed
         );
+        if self.dirty_log {
+            let _ = writeln!(
+                s,
+                "  dirty log: {} syncs, {} dirty pages collected",
+                self.log_syncs, self.dirty_pages
+            );
+        }
         if self.verified_blocks > 0 || self.mismatches > 0 {
             let _ = writeln!(
                 s,
@@ -206,5 +227,20 @@ mod tests {
         assert!(t.contains("5 IOPS"), "{t}");
         assert!(t.contains("3/11/00"));
         assert!(t.contains("backend pid 1"));
+        assert!(t.contains("inflight=off dirty_log=off"), "{t}");
+        assert!(!t.contains("dirty log:"));
+        let logged = Report {
+            dirty_log: true,
+            log_syncs: 3,
+            dirty_pages: 70,
+            ..r
+        };
+        assert!(logged.text().contains("dirty log: 3 syncs, 70 dirty pages"));
+        // Reports written before these fields still parse.
+        let mut old: serde_json::Value = serde_json::from_str(&j).unwrap();
+        for k in ["inflight", "dirty_log", "log_syncs", "dirty_pages"] {
+            old.as_object_mut().unwrap().remove(k);
+        }
+        assert!(serde_json::from_value::<Report>(old).is_ok());
     }
 }

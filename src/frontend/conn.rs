@@ -2,20 +2,23 @@
 //! (vhost-user-scsi-pci): SET_OWNER, GET_FEATURES, GET/SET_PROTOCOL_FEATURES,
 //! GET_QUEUE_NUM; at start SET_FEATURES, GET_INFLIGHT_FD (first start only),
 //! SET_INFLIGHT_FD, SET_FEATURES, SET_MEM_TABLE, and per ring
-//! NUM/ADDR/BASE/CALL/KICK/ENABLE; at stop GET_VRING_BASE per ring.
+//! NUM/ADDR/BASE/CALL/KICK/ENABLE; at stop GET_VRING_BASE per ring. Dirty
+//! logging (live migration): SET_LOG_BASE, SET_FEATURES with
+//! VHOST_F_LOG_ALL, SET_VRING_ADDR with VHOST_VRING_F_LOG per ring.
 
 use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use vhost::vhost_user::message::{
-    VhostUserHeaderFlag, VhostUserInflight, VhostUserProtocolFeatures,
+    VhostUserHeaderFlag, VhostUserInflight, VhostUserProtocolFeatures, VhostUserVringAddrFlags,
 };
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
-use vhost::{VhostBackend, VringConfigData};
+use vhost::{VhostBackend, VhostUserDirtyLogRegion, VringConfigData};
 
 use super::features::*;
 use super::inflight::InflightRegion;
@@ -33,10 +36,17 @@ const REFUSED_RETRIES: u32 = 5;
 pub struct Connection {
     fe: Frontend,
     watchdog: Watchdog,
+    /// Serializes the requests sent through `&self` (one watchdog deadline
+    /// at a time).
+    shared: Mutex<()>,
     timeout: Duration,
+    /// VHOST_F_LOG_ALL is added to every SET_FEATURES (logging on).
+    log_all: AtomicBool,
     /// Feature bits the backend offered.
     pub offered_features: u64,
-    /// Feature bits acked with SET_FEATURES (after [`Connection::set_features`]).
+    /// Feature bits acked with SET_FEATURES (after [`Connection::set_features`]),
+    /// without VHOST_F_LOG_ALL (sent while logging is on, see
+    /// [`Connection::set_log_all`]).
     pub acked_features: u64,
     /// Protocol features the backend offered.
     pub offered_protocol: VhostUserProtocolFeatures,
@@ -201,13 +211,37 @@ impl Connection {
         })
     }
 
+    /// [`Connection::call`] through `&self`, for the requests another
+    /// thread may send while the rings run (logging on and off).
+    fn call_shared<T>(
+        &self,
+        op: &'static str,
+        queue: Option<usize>,
+        f: impl FnOnce(&Frontend) -> vhost::Result<T>,
+    ) -> Result<T> {
+        let _one_at_a_time = lock(&self.shared);
+        self.watchdog.arm(self.timeout);
+        let r = f(&self.fe);
+        let fired = self.watchdog.disarm();
+        r.map_err(|source| match (fired, queue) {
+            (true, _) => Error::NoAnswer {
+                op,
+                timeout: self.timeout,
+            },
+            (false, Some(queue)) => Error::VhostQueue { op, queue, source },
+            (false, None) => Error::Vhost { op, source },
+        })
+    }
+
     fn handshake(stream: UnixStream, cfg: &FrontendConfig) -> Result<Self> {
         let needed = u64::from(cfg.request_queues) + 2;
         let watchdog = Watchdog::new(stream.try_clone().map_err(super::io_err("dup"))?)?;
         let mut c = Connection {
             fe: Frontend::from_stream(stream, needed),
             watchdog,
+            shared: Mutex::new(()),
             timeout: cfg.timeout,
+            log_all: AtomicBool::new(false),
             offered_features: 0,
             acked_features: 0,
             offered_protocol: VhostUserProtocolFeatures::empty(),
@@ -232,6 +266,9 @@ impl Connection {
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS;
         if cfg.inflight {
             wanted |= VhostUserProtocolFeatures::INFLIGHT_SHMFD;
+        }
+        if cfg.log_shmfd {
+            wanted |= VhostUserProtocolFeatures::LOG_SHMFD;
         }
         let acked_protocol = offered_protocol & wanted;
         c.call("SET_PROTOCOL_FEATURES", None, |fe| {
@@ -279,13 +316,60 @@ impl Connection {
         Ok(acked)
     }
 
-    /// SET_FEATURES with exactly `bits`.
+    /// SET_FEATURES with exactly `bits` (plus VHOST_F_LOG_ALL while
+    /// logging is on).
     pub fn ack_features(&mut self, bits: u64) -> Result<()> {
-        self.call("SET_FEATURES", None, |fe| fe.set_features(bits))?;
+        let sent = bits | self.log_all_bit();
+        self.call("SET_FEATURES", None, |fe| fe.set_features(sent))?;
         self.acked_features = bits;
         Ok(())
     }
 
+    fn log_all_bit(&self) -> u64 {
+        if self.log_all.load(Ordering::Relaxed) {
+            VHOST_F_LOG_ALL
+        } else {
+            0
+        }
+    }
+
+    /// Whether VHOST_F_LOG_ALL goes with every SET_FEATURES.
+    pub fn log_all(&self) -> bool {
+        self.log_all.load(Ordering::Relaxed)
+    }
+
+    /// Turn logging on or off as QEMU's `vhost_dev_set_features`: SET_FEATURES
+    /// with the acked features, plus VHOST_F_LOG_ALL when `on`. Callable
+    /// while the rings run.
+    pub fn set_log_all(&self, on: bool) -> Result<()> {
+        let bits = self.acked_features | if on { VHOST_F_LOG_ALL } else { 0 };
+        self.call_shared("SET_FEATURES", None, |fe| fe.set_features(bits))?;
+        self.log_all.store(on, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Add VHOST_F_LOG_ALL to the SET_FEATURES of a start (a reconnection
+    /// while logging), without sending anything.
+    pub fn keep_log_all(&mut self, on: bool) {
+        self.log_all.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether VHOST_USER_PROTOCOL_F_LOG_SHMFD was negotiated.
+    pub fn has_log_shmfd(&self) -> bool {
+        self.acked_protocol
+            .contains(VhostUserProtocolFeatures::LOG_SHMFD)
+    }
+
+    /// SET_LOG_BASE with a shared-memory log (LOG_SHMFD): `region.mmap_size`
+    /// bytes at `region.mmap_offset` of the file `region.mmap_handle`. The
+    /// backend answers once it mapped the log; a backend that refuses it
+    /// closes the connection (the vhost crate sends no error reply).
+    pub fn set_log_base(&self, region: VhostUserDirtyLogRegion) -> Result<()> {
+        if !self.has_log_shmfd() {
+            return Err(Error::MissingFeature("VHOST_USER_PROTOCOL_F_LOG_SHMFD"));
+        }
+        self.call_shared("SET_LOG_BASE", None, |fe| fe.set_log_base(0, Some(region)))
+    }
     /// Whether VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD was negotiated.
     pub fn has_inflight(&self) -> bool {
         self.acked_protocol
@@ -320,23 +404,17 @@ impl Connection {
     /// Program and enable one ring; the backend starts at avail index
     /// `base` (0 at the first start; after a backend crash, the used index
     /// found in the ring, as QEMU restores it).
-    pub fn setup_queue(&mut self, mem: &GuestMem, q: &SplitQueue, base: u16) -> Result<()> {
+    /// With `log` (logging on), SET_VRING_ADDR carries VHOST_VRING_F_LOG.
+    pub fn setup_queue(
+        &mut self,
+        mem: &GuestMem,
+        q: &SplitQueue,
+        base: u16,
+        log: bool,
+    ) -> Result<()> {
         let i = q.index;
-        let (desc, avail, used) = q.ring_addrs();
         self.call("SET_VRING_NUM", Some(i), |fe| fe.set_vring_num(i, q.size()))?;
-        let config = VringConfigData {
-            queue_max_size: q.size(),
-            queue_size: q.size(),
-            flags: 0,
-            // The frontend's own virtual addresses, not guest-physical ones.
-            desc_table_addr: mem.host_addr(desc)?,
-            used_ring_addr: mem.host_addr(used)?,
-            avail_ring_addr: mem.host_addr(avail)?,
-            log_addr: None,
-        };
-        self.call("SET_VRING_ADDR", Some(i), |fe| {
-            fe.set_vring_addr(i, &config)
-        })?;
+        self.set_vring_addr(mem, i, q.size(), q.ring_addrs(), log)?;
         self.call("SET_VRING_BASE", Some(i), |fe| fe.set_vring_base(i, base))?;
         self.call("SET_VRING_CALL", Some(i), |fe| {
             fe.set_vring_call(i, q.call_fd())
@@ -350,9 +428,42 @@ impl Connection {
         Ok(())
     }
 
-    /// GET_VRING_BASE (stops the ring in the backend); returns its avail index.
-    pub fn stop_queue(&mut self, queue: usize) -> Result<u32> {
-        self.call("GET_VRING_BASE", Some(queue), |fe| fe.get_vring_base(queue))
+    /// SET_VRING_ADDR for ring `index` of `size` entries at guest-physical
+    /// `(desc, avail, used)`, as QEMU's `vhost_virtqueue_set_addr`: the
+    /// frontend's own virtual addresses, and with `log` the
+    /// VHOST_VRING_F_LOG flag and the used ring's guest-physical address
+    /// as `log_guest_addr`. Callable while the rings run (QEMU re-sends it
+    /// to every started ring when logging starts and stops).
+    pub fn set_vring_addr(
+        &self,
+        mem: &GuestMem,
+        index: usize,
+        size: u16,
+        (desc, avail, used): (u64, u64, u64),
+        log: bool,
+    ) -> Result<()> {
+        let config = VringConfigData {
+            queue_max_size: size,
+            queue_size: size,
+            flags: if log {
+                VhostUserVringAddrFlags::VHOST_VRING_F_LOG.bits()
+            } else {
+                0
+            },
+            desc_table_addr: mem.host_addr(desc)?,
+            used_ring_addr: mem.host_addr(used)?,
+            avail_ring_addr: mem.host_addr(avail)?,
+            log_addr: log.then_some(used),
+        };
+        self.call_shared("SET_VRING_ADDR", Some(index), |fe| {
+            fe.set_vring_addr(index, &config)
+        })
+    }
+
+    /// GET_VRING_BASE (stops the ring in the backend); returns its avail
+    /// index. Callable while other rings run.
+    pub fn stop_queue(&self, queue: usize) -> Result<u32> {
+        self.call_shared("GET_VRING_BASE", Some(queue), |fe| fe.get_vring_base(queue))
     }
 
     /// Wait up to `timeout` for the backend to close the connection

@@ -17,16 +17,24 @@
 //!
 //! Modules: [`memory`] (memfd guest memory and a buffer allocator),
 //! [`vring`] (split virtqueue driver side), [`conn`] (handshake/teardown),
-//! [`inflight`] (the inflight I/O tracking region), [`scsi`] (virtio-scsi
-//! requests), [`cdb`] (CDB builders).
+//! [`inflight`] (the inflight I/O tracking region), [`dirty`] (the dirty
+//! log of live migration), [`scsi`] (virtio-scsi requests), [`cdb`] (CDB
+//! builders).
 //!
 //! With VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD the frontend survives its
 //! backend: [`ScsiFrontend::reconnect`] replays the setup on a new
 //! connection (same memory, rings and inflight region) as QEMU does after a
 //! backend crash, and the requests that were outstanding complete there.
+//!
+//! With VHOST_USER_PROTOCOL_F_LOG_SHMFD it logs dirty pages as QEMU does
+//! while it migrates a guest: [`ScsiFrontend::start_logging`] (SET_LOG_BASE,
+//! SET_FEATURES with VHOST_F_LOG_ALL, SET_VRING_ADDR with
+//! VHOST_VRING_F_LOG), [`ScsiFrontend::dirty_pages`] (the sync),
+//! [`ScsiFrontend::stop_logging`].
 
 pub mod cdb;
 pub mod conn;
+pub mod dirty;
 pub mod inflight;
 pub mod memory;
 pub mod scsi;
@@ -36,6 +44,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use conn::Connection;
+pub use dirty::{DirtyBitmap, DirtyPages};
 pub use inflight::InflightRegion;
 pub use memory::{BufferAllocator, GuestMem};
 pub use scsi::{
@@ -155,13 +164,16 @@ pub struct FrontendConfig {
     /// SET_FEATURES again with the rest of the start (QEMU's
     /// `vhost_dev_prepare_inflight` since 5.2).
     pub inflight_before_features: bool,
+    /// Negotiate VHOST_USER_PROTOCOL_F_LOG_SHMFD if offered (QEMU does):
+    /// needed by [`ScsiFrontend::start_logging`].
+    pub log_shmfd: bool,
 }
 
 impl FrontendConfig {
     /// Defaults: 2 request queues of 128 entries, 64 MiB at guest-physical
     /// 4 GiB, EVENT_IDX on, indirect off, 8 event buffers, 30 s timeout,
-    /// INFLIGHT_SHMFD on (QEMU's current order), kick eventfds handed over
-    /// signalled (as QEMU).
+    /// INFLIGHT_SHMFD on (QEMU's current order), LOG_SHMFD on, kick
+    /// eventfds handed over signalled (as QEMU).
     pub fn new(socket: impl Into<PathBuf>) -> Self {
         FrontendConfig {
             socket: socket.into(),
@@ -180,6 +192,7 @@ impl FrontendConfig {
             timeout: Duration::from_secs(30),
             inflight: true,
             inflight_before_features: false,
+            log_shmfd: true,
         }
     }
 }
@@ -190,4 +203,7 @@ pub mod features {
     pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
     pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
     pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
+    /// Log every write into guest memory (live migration; acked only
+    /// while logging).
+    pub const VHOST_F_LOG_ALL: u64 = 1 << 26;
 }

@@ -4,12 +4,13 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use vm_memory::{ByteValued, Bytes, GuestAddress};
 
 use super::conn::Connection;
+use super::dirty::{DirtyBitmap, DirtyPages};
 use super::features::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use super::inflight::InflightRegion;
 use super::memory::{BufferAllocator, GuestMem};
@@ -254,6 +255,14 @@ pub struct ScsiFrontend {
     calls: Vec<vmm_sys_util::eventfd::EventFd>,
     next_tag: AtomicU64,
     indirect_default: bool,
+    /// The dirty log, once logging started, and whether it is on.
+    log: Mutex<LogState>,
+}
+
+#[derive(Default)]
+struct LogState {
+    bitmap: Option<Arc<DirtyBitmap>>,
+    on: bool,
 }
 
 fn align_up(x: u64, a: u64) -> u64 {
@@ -306,7 +315,7 @@ impl ScsiFrontend {
                 cfg.always_kick,
             )?;
             q.new_kick(cfg.start_kicked)?;
-            conn.setup_queue(&mem, &q, 0)?;
+            conn.setup_queue(&mem, &q, 0, false)?;
             calls.push(q.call_fd().try_clone().map_err(super::io_err("dup"))?);
             queues.push(Mutex::new(QueueState {
                 vq: q,
@@ -327,6 +336,7 @@ impl ScsiFrontend {
             calls,
             next_tag: AtomicU64::new(1),
             indirect_default: cfg.indirect && acked & VIRTIO_RING_F_INDIRECT_DESC != 0,
+            log: Mutex::new(LogState::default()),
         };
         for _ in 0..cfg.event_buffers.min(cfg.queue_size) {
             dev.post_event_buffer()?;
@@ -403,14 +413,27 @@ impl ScsiFrontend {
                 "VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD at reconnection",
             ));
         }
+        let log = self.log.get_mut().unwrap_or_else(|p| p.into_inner());
+        let logging = log.on;
+        if logging && !conn.has_log_shmfd() {
+            return Err(Error::MissingFeature(
+                "VHOST_USER_PROTOCOL_F_LOG_SHMFD at reconnection while logging",
+            ));
+        }
+        // While logging, as QEMU's vhost_dev_start: LOG_ALL in SET_FEATURES,
+        // VHOST_VRING_F_LOG in SET_VRING_ADDR, SET_LOG_BASE after the rings.
+        conn.keep_log_all(logging);
         Self::start_device(&mut conn, &self.cfg, &self.mem, acked, &mut self.inflight)?;
         let mut bases = Vec::with_capacity(self.queues.len());
         for q in &mut self.queues {
             let q = q.get_mut().unwrap_or_else(|p| p.into_inner());
             let base = q.vq.device_used_idx(&self.mem)?;
             q.vq.new_kick(self.cfg.start_kicked)?;
-            conn.setup_queue(&self.mem, &q.vq, base)?;
+            conn.setup_queue(&self.mem, &q.vq, base, logging)?;
             bases.push(base);
+        }
+        if let (true, Some(b)) = (logging, &log.bitmap) {
+            conn.set_log_base(b.region())?;
         }
         self.conn = conn;
         Ok(bases)
@@ -1190,10 +1213,110 @@ impl ScsiFrontend {
         Ok(events)
     }
 
+    /// GET_VRING_BASE on vhost-user queue `vq` alone, while the others run
+    /// (the backend finishes what it took from the ring before it answers);
+    /// returns the base. The ring stays stopped until a reconnection.
+    pub fn stop_queue(&self, vq: usize) -> Result<u32> {
+        if vq >= self.queues.len() {
+            return Err(Error::NoSuchQueue(vq));
+        }
+        self.conn.stop_queue(vq)
+    }
+
+    /// Guest-physical addresses of the descriptor table, avail ring and
+    /// used ring of vhost-user queue `vq`.
+    pub fn ring_addrs(&self, vq: usize) -> Result<(u64, u64, u64)> {
+        Ok(self.lock(vq)?.vq.ring_addrs())
+    }
+
+    /// The used ring of vhost-user queue `vq`: guest-physical address and
+    /// length (flags, idx, the entries and `avail_event`).
+    pub fn used_ring(&self, vq: usize) -> Result<(u64, u64)> {
+        let q = self.lock(vq)?;
+        Ok((q.vq.ring_addrs().2, 6 + 8 * u64::from(q.vq.size())))
+    }
+
+    fn log_lock(&self) -> MutexGuard<'_, LogState> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Start dirty logging as QEMU does when a migration starts
+    /// (`vhost_migration_log`): create the bitmap the first time (a memfd
+    /// covering guest-physical addresses up to the end of guest memory;
+    /// later starts reuse it, its bits kept), SET_LOG_BASE with it,
+    /// SET_FEATURES with VHOST_F_LOG_ALL, then SET_VRING_ADDR with
+    /// VHOST_VRING_F_LOG (log address: the used ring) on every ring.
+    /// Callable while other threads run I/O. Needs LOG_SHMFD.
+    pub fn start_logging(&self) -> Result<Arc<DirtyBitmap>> {
+        let mut st = self.log_lock();
+        if !self.conn.has_log_shmfd() {
+            return Err(Error::MissingFeature("VHOST_USER_PROTOCOL_F_LOG_SHMFD"));
+        }
+        let bitmap = match &st.bitmap {
+            Some(b) => b.clone(),
+            None => {
+                let end = self.mem.base() + self.mem.size() as u64;
+                let b = Arc::new(DirtyBitmap::new(end)?);
+                st.bitmap = Some(b.clone());
+                b
+            }
+        };
+        self.conn.set_log_base(bitmap.region())?;
+        self.set_logging(&mut st, true)?;
+        Ok(bitmap)
+    }
+
+    /// Stop dirty logging (`vhost_dev_set_log(dev, false)`): SET_FEATURES
+    /// without VHOST_F_LOG_ALL, SET_VRING_ADDR without VHOST_VRING_F_LOG on
+    /// every ring. The bitmap stays (and stays shared with the backend).
+    pub fn stop_logging(&self) -> Result<()> {
+        let mut st = self.log_lock();
+        self.set_logging(&mut st, false)
+    }
+
+    fn set_logging(&self, st: &mut LogState, on: bool) -> Result<()> {
+        self.conn.set_log_all(on)?;
+        st.on = on;
+        for vq in 0..self.queues.len() {
+            let (size, addrs) = {
+                let q = self.lock(vq)?;
+                (q.vq.size(), q.vq.ring_addrs())
+            };
+            self.conn.set_vring_addr(&self.mem, vq, size, addrs, on)?;
+        }
+        Ok(())
+    }
+
+    /// Whether logging is on.
+    pub fn is_logging(&self) -> bool {
+        self.log_lock().on
+    }
+
+    /// The bitmap, once [`ScsiFrontend::start_logging`] created it.
+    pub fn dirty_log(&self) -> Option<Arc<DirtyBitmap>> {
+        self.log_lock().bitmap.clone()
+    }
+
+    /// The pages marked in the log; with `clear`, cleared as they are read
+    /// (QEMU's sync: one atomic exchange per 64-bit word). Fails before
+    /// the first [`ScsiFrontend::start_logging`].
+    pub fn dirty_pages(&self, clear: bool) -> Result<DirtyPages> {
+        let b = self
+            .dirty_log()
+            .ok_or_else(|| Error::Config("no dirty log: logging never started".into()))?;
+        Ok(if clear { b.take() } else { b.snapshot() })
+    }
+
+    /// Is the page of guest-physical `gpa` marked in the log right now
+    /// (false without a log)?
+    pub fn is_dirty(&self, gpa: u64) -> bool {
+        self.dirty_log().is_some_and(|b| b.is_marked(gpa))
+    }
+
     /// Stop every ring with GET_VRING_BASE (the backend stops processing
     /// it) and close the connection. Returns the bases (next avail index
     /// the backend would resume at) of all queues, in queue order.
-    pub fn shutdown(mut self) -> Result<Vec<u32>> {
+    pub fn shutdown(self) -> Result<Vec<u32>> {
         let mut bases = Vec::with_capacity(self.queues.len());
         for i in 0..self.queues.len() {
             bases.push(self.conn.stop_queue(i)?);

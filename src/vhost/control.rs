@@ -104,10 +104,12 @@ impl ControlQueue {
                 break;
             }
             if avail_index_broken(state.get_queue(), &mem) {
-                warn_limited!(
-                    self.log,
-                    "the guest's control-queue avail index is beyond the ring"
-                );
+                if state.get_queue().ready() {
+                    warn_limited!(
+                        self.log,
+                        "the guest's control-queue avail index is beyond the ring"
+                    );
+                }
                 break;
             }
         }

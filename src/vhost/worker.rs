@@ -244,7 +244,9 @@ impl RequestWorker {
                 }
                 match state.enable_notification() {
                     Ok(true) if avail_index_broken(state.get_queue(), &mem) => {
-                        warn_limited!(self.log, queue = self.index, "the guest's avail index is beyond the ring: ignoring the queue until its next kick");
+                        if state.get_queue().ready() {
+                            warn_limited!(self.log, queue = self.index, "the guest's avail index is beyond the ring: ignoring the queue until its next kick");
+                        }
                         break;
                     }
                     Ok(true) => continue,
@@ -927,6 +929,10 @@ fn clamp_u32(v: u64) -> u32 {
 /// error, or a state no request can be taken from)? Then "more requests
 /// available" must not make a worker spin.
 pub(crate) fn avail_index_broken(q: &virtio_queue::Queue, mem: &GuestMem) -> bool {
+    // A ring that stopped (GET_VRING_BASE) gives nothing either.
+    if !q.ready() {
+        return true;
+    }
     match q.avail_idx(mem, std::sync::atomic::Ordering::Acquire) {
         Ok(avail) => avail.0.wrapping_sub(q.next_avail()) > q.size(),
         Err(_) => true,

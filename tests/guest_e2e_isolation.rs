@@ -25,7 +25,8 @@
 //! (guest B connected and doing I/O) and after it (vm-a's last QEMU gone)
 //! the host counts the daemon's file descriptors (`/proc/PID/fd`) and
 //! threads (`/proc/PID/task`, without the kernel's transient `iou-wrk-*`
-//! io_uring workers, printed separately): each within [`FD_BOUND`] /
+//! io_uring workers, printed separately; sampled once the daemon's thread
+//! for the test's last `ctl` call is gone): each within [`FD_BOUND`] /
 //! [`THREAD_BOUND`]; its mappings (`/proc/PID/maps`, after each
 //! disconnect) stay within [`MAPS_BOUND`] of the count after the first
 //! one, and no guest memory (memfd) stays mapped. Then it types
@@ -351,6 +352,19 @@ fn proc_stat(pid: u32) -> ProcStat {
             .map(|(k, n)| format!("{k}x{n}"))
             .collect::<Vec<_>>()
             .join(" "),
+    }
+}
+
+/// [`proc_stat`] once the daemon's thread for our last `ctl` call (an RPC
+/// connection: `rpc-conn`, its socket, its stack) is gone, or after 5 s.
+fn settled_proc_stat(pid: u32) -> ProcStat {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = proc_stat(pid);
+        if !s.names.contains("rpc-conn") || Instant::now() > deadline {
+            return s;
+        }
+        sleep(Duration::from_millis(20));
     }
 }
 
@@ -726,8 +740,11 @@ struct LatencyWatch {
     t0: Instant,
     last: Instant,
     max_ms: f64,
-    /// Per daemon thread: name, run_delay (ns) at the last sample.
+    /// Per daemon thread: tid, name, run_delay (ns) at the last sample.
     run_delay: Vec<(String, String, u64)>,
+    /// The threads that were there before the churn (vm-b's and the
+    /// daemon's own; vm-a's connections bring threads of the same names).
+    base_tids: Vec<String>,
     /// Completed I/Os and ms spent on them (reads + writes) on `disk`.
     disk_io: (u64, u64),
     jumps: Vec<String>,
@@ -745,10 +762,12 @@ impl LatencyWatch {
             last: Instant::now(),
             max_ms: 0.0,
             run_delay: Vec::new(),
+            base_tids: Vec::new(),
             disk_io: (0, 0),
             jumps: Vec::new(),
         };
         w.host();
+        w.base_tids = w.run_delay.iter().map(|t| t.0.clone()).collect();
         w
     }
 
@@ -768,6 +787,9 @@ impl LatencyWatch {
         }
         let mut worst = (String::new(), 0u64);
         for (tid, name, d) in &delays {
+            if !self.base_tids.is_empty() && !self.base_tids.contains(tid) {
+                continue;
+            }
             let old = self
                 .run_delay
                 .iter()
@@ -795,7 +817,8 @@ impl LatencyWatch {
         self.disk_io = io;
         let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
         format!(
-            "host: load {}; the daemon's most delayed thread {} waited {:.0} ms for a CPU; \
+            "host: load {}; the daemon's most delayed thread (of vm-b's and its own) {} \
+             waited {:.0} ms for a CPU; \
              disk {}: {ios} I/Os, {:.1} ms each on average",
             load.split_whitespace().next().unwrap_or("?"),
             worst.0,
@@ -970,7 +993,7 @@ fn guest_e2e_isolation() {
             "before the churn: expected vm-b connected, vm-a listening: {list}"
         ));
     }
-    let before = proc_stat(pid);
+    let before = settled_proc_stat(pid);
     println!("daemon before the churn: {before:?}");
     let maps_before = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
 
@@ -1083,7 +1106,7 @@ fn guest_e2e_isolation() {
         }
         let ms = killed.elapsed().as_secs_f64() * 1000.0;
         lat.sample(&format!("QEMU {n} ({kill:?}) SIGKILL to disconnect"), true);
-        maps_series.push(proc_stat(pid).maps);
+        maps_series.push(settled_proc_stat(pid).maps);
         counts[match kill {
             Kill::Connected => 0,
             Kill::Realized(_) => 1,
@@ -1112,7 +1135,7 @@ fn guest_e2e_isolation() {
         }
         sleep(Duration::from_millis(100));
     };
-    let after = proc_stat(pid);
+    let after = settled_proc_stat(pid);
     println!("daemon after the churn:  {after:?}");
     let maps_after = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
     fs::write(logs_root.join("isolation-maps-before.txt"), &maps_before).unwrap();

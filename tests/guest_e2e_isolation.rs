@@ -80,7 +80,12 @@ const THREAD_BOUND: usize = 2;
 /// Daemon mappings after the last disconnect vs after the first.
 const MAPS_BOUND: usize = 4;
 /// Guest B's longest allowed I/O (fio clat max, the daemon's latency max).
-const STALL_LIMIT: Duration = Duration::from_secs(1);
+/// The daemon's own bound is 1 s (tests/isolation.rs asserts it without
+/// guests); here two TCG guests share two cores with the churn's QEMU
+/// boots, and B's vCPUs alone were seen stalling 0.4-1.4 s with no daemon
+/// involved (QEMUs booting without connecting to it), so the bound that
+/// cannot flake in CI is wider. The numbers are printed every run.
+const STALL_LIMIT: Duration = Duration::from_secs(3);
 /// Guest B's rounds alone before the churn (the control).
 const CONTROL_ROUNDS: u64 = 2;
 /// Guest B's boot to its first fio round.

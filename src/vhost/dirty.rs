@@ -61,9 +61,13 @@ impl DirtyLog {
         self.map.size()
     }
 
-    /// Mark `[gpa, gpa + len)` dirty. Pages beyond the log are ignored (the
+    /// Mark `[gpa, gpa + len)` dirty. Out of line and cold: logging is the
+    /// rare case, and the hot paths that call this stay as small as they
+    /// were without it. Pages beyond the log are ignored (the
     /// frontend sized it for all guest memory: such an address is not in
     /// guest memory, and nothing was written there).
+    #[cold]
+    #[inline(never)]
     pub fn mark(&self, gpa: u64, len: u64) {
         if len == 0 {
             return;
@@ -86,6 +90,8 @@ impl DirtyLog {
     }
 
     /// Mark the first `limit` bytes of `segs`.
+    #[cold]
+    #[inline(never)]
     pub fn mark_segments(&self, segs: &Segments, limit: u64) {
         let mut left = limit;
         for s in segs.segments() {

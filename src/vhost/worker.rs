@@ -940,6 +940,8 @@ pub(crate) fn avail_index_broken(q: &virtio_queue::Queue, mem: &GuestMem) -> boo
 }
 
 /// Mark the used ring's header and the entry just added.
+#[cold]
+#[inline(never)]
 fn log_used(d: &DirtyLog, q: &virtio_queue::Queue) {
     let used = q.used_ring();
     d.mark(used, 4);
@@ -949,6 +951,8 @@ fn log_used(d: &DirtyLog, q: &virtio_queue::Queue) {
 
 /// Mark the whole used ring (the avail_event field is written when
 /// notifications are switched on and off).
+#[cold]
+#[inline(never)]
 pub(crate) fn log_used_ring(d: &DirtyLog, q: &virtio_queue::Queue) {
     d.mark(q.used_ring(), 6 + 8 * u64::from(q.size()));
 }

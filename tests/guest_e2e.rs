@@ -48,6 +48,9 @@ use std::sync::Mutex;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+mod guest_harness;
+use guest_harness::{harness_ready, repo_root};
+
 /// Guest boots must not overlap (2 cores, TCG).
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -103,10 +106,6 @@ const DD_WRITES: [(u32, u64, u64); 6] = [
 /// before the boot and read back by the guest.
 const DD_HOST_WRITTEN: [(u32, u64, u64); 2] = [(2, 4096, 65536), (2, 16 * MIB - 512, 512)];
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 /// The bytes tests/guest/lib.sh `pattern` generates: 64-byte records
 /// "vhost-user-scsi seed=S lun=L pos=P", left-justified in 63 characters plus
 /// a newline, P being the record's absolute byte offset.
@@ -161,40 +160,6 @@ fn guest_env(tests: &str, dd_mode: &str, extra: &str) -> String {
     writeln!(env, "{GUEST_LBAS}\nPROV_LBA={PROV_LBA}").unwrap();
     writeln!(env, "{extra}").unwrap();
     env
-}
-
-/// What is missing from the harness, if anything.
-fn harness_missing() -> Option<String> {
-    let root = repo_root();
-    let guest = root.join("build/guest");
-    for f in ["vmlinuz", "initramfs.cpio.gz"] {
-        if !guest.join(f).is_file() {
-            return Some(format!("{} missing", guest.join(f).display()));
-        }
-    }
-    match Command::new("qemu-system-x86_64").arg("--version").output() {
-        Ok(o) if o.status.success() => None,
-        Ok(o) => Some(format!("qemu-system-x86_64 --version failed: {}", o.status)),
-        Err(e) => Some(format!("qemu-system-x86_64 not runnable: {e}")),
-    }
-}
-
-/// True when the test should run; panics in CI when the harness is missing.
-fn harness_ready(test: &str) -> bool {
-    let Some(why) = harness_missing() else {
-        return true;
-    };
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!(
-            "{test}: guest harness missing ({why}) and CI=true: \
-             run scripts/install-deps.sh && scripts/build-guest.sh"
-        );
-    }
-    eprintln!("\n**********************************************************************");
-    eprintln!("SKIPPED {test}: guest harness missing ({why})");
-    eprintln!("SKIPPED: run scripts/install-deps.sh && scripts/build-guest.sh");
-    eprintln!("**********************************************************************\n");
-    false
 }
 
 /// Backing images in `dir`: sparse, the read-only one with host-written data.

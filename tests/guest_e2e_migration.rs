@@ -47,6 +47,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+mod guest_harness;
+use guest_harness::{harness_ready, repo_root};
+
 /// Guest boots must not overlap (2 cores, TCG).
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -62,43 +65,6 @@ const FIO_RUNTIME_SECS: u64 = 30;
 const GUEST_TIMEOUT: Duration = Duration::from_secs(300);
 /// From `migrate` to `completed`.
 const MIGRATE_TIMEOUT: Duration = Duration::from_secs(180);
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// What is missing from the harness, if anything.
-fn harness_missing() -> Option<String> {
-    let guest = repo_root().join("build/guest");
-    for f in ["vmlinuz", "initramfs.cpio.gz"] {
-        if !guest.join(f).is_file() {
-            return Some(format!("{} missing", guest.join(f).display()));
-        }
-    }
-    match Command::new("qemu-system-x86_64").arg("--version").output() {
-        Ok(o) if o.status.success() => None,
-        Ok(o) => Some(format!("qemu-system-x86_64 --version failed: {}", o.status)),
-        Err(e) => Some(format!("qemu-system-x86_64 not runnable: {e}")),
-    }
-}
-
-/// True when the test should run; panics in CI when the harness is missing.
-fn harness_ready(test: &str) -> bool {
-    let Some(why) = harness_missing() else {
-        return true;
-    };
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!(
-            "{test}: guest harness missing ({why}) and CI=true: \
-             run scripts/install-deps.sh && scripts/build-guest.sh"
-        );
-    }
-    eprintln!("\n**********************************************************************");
-    eprintln!("SKIPPED {test}: guest harness missing ({why})");
-    eprintln!("SKIPPED: run scripts/install-deps.sh && scripts/build-guest.sh");
-    eprintln!("**********************************************************************\n");
-    false
-}
 
 fn lock() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())

@@ -63,6 +63,9 @@ use std::sync::Mutex;
 use std::thread::sleep;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+mod guest_harness;
+use guest_harness::{harness_ready, repo_root};
+
 /// Guest boots must not overlap (2 cores, TCG).
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -92,43 +95,6 @@ const SCHEDULE_2: [f64; 2] = [3.0, 4.5];
 /// for rounds after the last restart.
 const IO_SECS_5: u32 = 34;
 const IO_SECS_2: u32 = 20;
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// What is missing from the harness, if anything.
-fn harness_missing() -> Option<String> {
-    let guest = repo_root().join("build/guest");
-    for f in ["vmlinuz", "initramfs.cpio.gz"] {
-        if !guest.join(f).is_file() {
-            return Some(format!("{} missing", guest.join(f).display()));
-        }
-    }
-    match Command::new("qemu-system-x86_64").arg("--version").output() {
-        Ok(o) if o.status.success() => None,
-        Ok(o) => Some(format!("qemu-system-x86_64 --version failed: {}", o.status)),
-        Err(e) => Some(format!("qemu-system-x86_64 not runnable: {e}")),
-    }
-}
-
-/// True when the test should run; panics in CI when the harness is missing.
-fn harness_ready(test: &str) -> bool {
-    let Some(why) = harness_missing() else {
-        return true;
-    };
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!(
-            "{test}: guest harness missing ({why}) and CI=true: \
-             run scripts/install-deps.sh && scripts/build-guest.sh"
-        );
-    }
-    eprintln!("\n**********************************************************************");
-    eprintln!("SKIPPED {test}: guest harness missing ({why})");
-    eprintln!("SKIPPED: run scripts/install-deps.sh && scripts/build-guest.sh");
-    eprintln!("**********************************************************************\n");
-    false
-}
 
 fn lock() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())

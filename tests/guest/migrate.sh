@@ -31,25 +31,6 @@ GUEST_ALL=1
 . /guest/pr.sh
 GUEST_ALL=$_mig_all
 
-# scsi_log_clean NAME [ALLOW-ERE] comes from lib.sh when it has it; this
-# fallback does the same checks.
-command -v scsi_log_clean >/dev/null 2>&1 || scsi_log_clean() {
-    dmesg >/tmp/kernel.log
-    grep -iE 'scsi|sd[a-z]|sd [0-9]|virtio|blk_|I/O error|not a head|out of range|larger than|broken|blocked for more|hung' \
-        /tmp/kernel.log | grep -v ACPI >/tmp/scsi.log
-    sed 's/^/  dmesg| /' /tmp/scsi.log
-    _ua=$(grep -cE 'sd [0-9]+:[0-9]+:[0-9]+:[0-9]+: Power-on or device reset occurred$' /tmp/scsi.log)
-    info "$1: $_ua power-on/reset unit attention(s)"
-    _bad=$(grep -iE 'error|abort|reset|timed out|timeout|fail|not a head|out of range|larger than|broken|blocked for more|hung' /tmp/scsi.log \
-        | grep -vE 'sd [0-9]+:[0-9]+:[0-9]+:[0-9]+: Power-on or device reset occurred$' \
-        | grep -vE "${2:-^$}" || true)
-    if [ -z "$_bad" ]; then
-        pass "$1: no SCSI errors, aborts, resets, timeouts or broken virtqueues in the kernel log"
-    else
-        fail "$1: kernel log" "$(echo "$_bad" | head -n 5 | tr '\n' ' ')"
-    fi
-}
-
 # ua_count: power-on/reset unit attentions the kernel logged so far.
 ua_count() { dmesg | grep -c 'Power-on or device reset occurred'; }
 

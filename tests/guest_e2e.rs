@@ -44,15 +44,13 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Mutex;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 mod guest_harness;
-use guest_harness::{harness_ready, repo_root};
-
-/// Guest boots must not overlap (2 cores, TCG).
-static SERIAL: Mutex<()> = Mutex::new(());
+use guest_harness::{
+    daemon_binary, harness_ready, lock, logs_dir, repo_root, sparse_image, work_dir,
+};
 
 const MIB: u64 = 1024 * 1024;
 const SEED: u64 = 20240601;
@@ -428,40 +426,13 @@ fn start_daemon(images: &[PathBuf], socket: &Path, log: &Path, pr_state: Option<
     daemon
 }
 
-fn lock() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Console and daemon logs, kept after the test: target/tmp/guest-e2e-logs/.
-fn logs_dir() -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join("guest-e2e-logs");
-    fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// The daemon binary: $VUS_E2E_DAEMON if set (e.g. a release build), else
-/// this package's binary.
-fn daemon_binary() -> PathBuf {
-    std::env::var_os("VUS_E2E_DAEMON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_vhost-user-scsi")))
-}
-
-/// Work dir on a real file system (cache=none/O_DIRECT does not work on tmpfs).
-fn work_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("guest-e2e-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .expect("temp dir")
-}
-
 #[test]
 fn guest_e2e_daemon() {
     let _guard = lock();
     if !harness_ready("guest_e2e_daemon") {
         return;
     }
-    let work = work_dir();
+    let work = work_dir("guest-e2e-");
     // Short path for the socket (sun_path is 108 bytes).
     let sockdir = tempfile::Builder::new().prefix("vus-").tempdir().unwrap();
     let socket = sockdir.path().join("vus.sock");
@@ -590,7 +561,7 @@ fn guest_e2e_builtin_reference() {
     if !harness_ready("guest_e2e_builtin_reference") {
         return;
     }
-    let work = work_dir();
+    let work = work_dir("guest-e2e-");
     let images = create_images(work.path());
     let mut backend = vec!["--num-queues".to_string(), "2".to_string()];
     for (d, img) in DISKS.iter().zip(&images) {
@@ -833,14 +804,6 @@ fn hotplug_config(sock_a: &Path, sock_b: &Path, img_a0: &Path, img_b0: &Path) ->
     )
 }
 
-fn sparse_image(path: &Path, size: u64) -> PathBuf {
-    File::create(path)
-        .expect("create image")
-        .set_len(size)
-        .expect("size image");
-    path.to_path_buf()
-}
-
 /// Host-side check: `image` holds guest dd pattern `seed` in `regions`.
 fn check_pattern(image: &Path, seed: u64, regions: &[(u32, u64, u64)]) {
     let mut f = File::open(image).expect("open image");
@@ -879,7 +842,7 @@ fn guest_e2e_hotplug() {
         return;
     }
     let t0 = Instant::now();
-    let work = work_dir();
+    let work = work_dir("guest-e2e-");
     let sockdir = tempfile::Builder::new().prefix("vus-").tempdir().unwrap();
     let sock_a = sockdir.path().join("a.sock");
     let sock_b = sockdir.path().join("b.sock");

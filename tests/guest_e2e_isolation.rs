@@ -66,10 +66,10 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 mod guest_harness;
-use guest_harness::{harness_ready, repo_root};
-
-/// Guest boots must not overlap (2 cores, TCG).
-static SERIAL: Mutex<()> = Mutex::new(());
+use guest_harness::{
+    daemon_binary, harness_ready, lock, logs_dir, repo_root, socket_dir, sparse_image, tail,
+    work_dir,
+};
 
 const MIB: u64 = 1024 * 1024;
 const IMAGE_SIZE: u64 = 64 * MIB;
@@ -99,55 +99,6 @@ const A_TIMEOUT: Duration = Duration::from_secs(120);
 const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// "churn-done" to guest B's power-off.
 const B_END_TIMEOUT: Duration = Duration::from_secs(120);
-
-fn lock() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Console, QEMU and daemon logs, kept after the test.
-fn logs_dir() -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join("guest-e2e-logs");
-    fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// The daemon binary: $VUS_E2E_DAEMON if set, else this package's binary.
-fn daemon_binary() -> PathBuf {
-    std::env::var_os("VUS_E2E_DAEMON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_vhost-user-scsi")))
-}
-
-/// Work dir on a real file system (O_DIRECT does not work on tmpfs).
-fn work_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("guest-e2e-iso-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .expect("temp dir")
-}
-
-/// Short directory for sockets (sun_path is 108 bytes).
-fn socket_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("vus-iso-")
-        .tempdir()
-        .expect("socket dir")
-}
-
-fn sparse_image(path: &Path, size: u64) -> PathBuf {
-    File::create(path)
-        .expect("create image")
-        .set_len(size)
-        .expect("size image");
-    path.to_path_buf()
-}
-
-/// The last `n` lines of a file (for failure messages).
-fn tail(path: &Path, n: usize) -> String {
-    let text = fs::read_to_string(path).unwrap_or_else(|e| format!("({e})"));
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
 
 // ---------------------------------------------------------------- daemon
 
@@ -882,8 +833,8 @@ fn guest_e2e_isolation() {
         return;
     }
     let t0 = Instant::now();
-    let work = work_dir();
-    let sockdir = socket_dir();
+    let work = work_dir("guest-e2e-iso-");
+    let sockdir = socket_dir("vus-iso-");
     let rpc = sockdir.path().join("rpc.sock");
     let sock_a = sockdir.path().join("a.sock");
     let sock_b = sockdir.path().join("b.sock");

@@ -41,17 +41,16 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
-use std::sync::Mutex;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 mod guest_harness;
-use guest_harness::{harness_ready, repo_root};
-
-/// Guest boots must not overlap (2 cores, TCG).
-static SERIAL: Mutex<()> = Mutex::new(());
+use guest_harness::{
+    daemon_binary, harness_ready, lock, logs_dir, repo_root, socket_dir, sparse_image, tail,
+    work_dir,
+};
 
 const MIB: u64 = 1024 * 1024;
 const IMAGE_SIZE: u64 = 64 * MIB;
@@ -65,55 +64,6 @@ const FIO_RUNTIME_SECS: u64 = 30;
 const GUEST_TIMEOUT: Duration = Duration::from_secs(300);
 /// From `migrate` to `completed`.
 const MIGRATE_TIMEOUT: Duration = Duration::from_secs(180);
-
-fn lock() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Console, QEMU and daemon logs, kept after the test.
-fn logs_dir() -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join("guest-e2e-logs");
-    fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// The daemon binary: $VUS_E2E_DAEMON if set, else this package's binary.
-fn daemon_binary() -> PathBuf {
-    std::env::var_os("VUS_E2E_DAEMON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_vhost-user-scsi")))
-}
-
-/// Work dir on a real file system (O_DIRECT does not work on tmpfs).
-fn work_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("guest-e2e-mig-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .expect("temp dir")
-}
-
-/// Short directory for sockets (sun_path is 108 bytes).
-fn socket_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("vus-mig-")
-        .tempdir()
-        .expect("socket dir")
-}
-
-fn sparse_image(path: &Path, size: u64) -> PathBuf {
-    File::create(path)
-        .expect("create image")
-        .set_len(size)
-        .expect("size image");
-    path.to_path_buf()
-}
-
-/// The last `n` lines of a file (for failure messages).
-fn tail(path: &Path, n: usize) -> String {
-    let text = fs::read_to_string(path).unwrap_or_else(|e| format!("({e})"));
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
 
 /// The bytes tests/guest/lib.sh `pattern SEED LUN OFFSET LEN` generates.
 fn pattern(seed: u64, lun: u32, offset: u64, len: u64) -> Vec<u8> {
@@ -600,7 +550,7 @@ fn migrate_guest(setup: &Setup, work: &Path, before_dst: &mut dyn FnMut()) -> Re
         stderr_logs: [p("src-qemu"), p("dst-qemu")],
     };
     let initrd = build_initrd(work, &guest_env(setup.env));
-    let qmp_dir = socket_dir();
+    let qmp_dir = socket_dir("vus-mig-");
     let mig_sock = qmp_dir.path().join("mig.sock");
     let extra: Vec<String> = setup.qemu_extra.iter().map(|s| s.to_string()).collect();
     let (tx, rx): (Sender<ConsoleMsg>, Receiver<ConsoleMsg>) = channel();
@@ -874,8 +824,8 @@ fn guest_e2e_migration_one_daemon() {
         return;
     }
     let t0 = Instant::now();
-    let work = work_dir();
-    let sockdir = socket_dir();
+    let work = work_dir("guest-e2e-mig-");
+    let sockdir = socket_dir("vus-mig-");
     let rpc = sockdir.path().join("rpc.sock");
     let src_sock = sockdir.path().join("vm1.sock");
     let dst_sock = sockdir.path().join("vm1-in.sock");
@@ -1017,8 +967,8 @@ fn guest_e2e_migration_two_daemons() {
         return;
     }
     let t0 = Instant::now();
-    let work = work_dir();
-    let sockdir = socket_dir();
+    let work = work_dir("guest-e2e-mig-");
+    let sockdir = socket_dir("vus-mig-");
     let src_sock = sockdir.path().join("host-a.sock");
     let dst_sock = sockdir.path().join("host-b.sock");
     let image = sparse_image(&work.path().join("shared.img"), IMAGE_SIZE);

@@ -59,15 +59,13 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
-use std::sync::Mutex;
 use std::thread::sleep;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 mod guest_harness;
-use guest_harness::{harness_ready, repo_root};
-
-/// Guest boots must not overlap (2 cores, TCG).
-static SERIAL: Mutex<()> = Mutex::new(());
+use guest_harness::{
+    daemon_binary, harness_ready, lock, logs_dir, repo_root, sparse_image, work_dir,
+};
 
 const MIB: u64 = 1024 * 1024;
 /// The longest I/O stall the guest may see, in ms.
@@ -95,41 +93,6 @@ const SCHEDULE_2: [f64; 2] = [3.0, 4.5];
 /// for rounds after the last restart.
 const IO_SECS_5: u32 = 34;
 const IO_SECS_2: u32 = 20;
-
-fn lock() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Console and daemon logs, kept after the test: target/tmp/guest-e2e-logs/.
-fn logs_dir() -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join("guest-e2e-logs");
-    fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// The daemon binary: $VUS_E2E_DAEMON if set (e.g. a release build), else
-/// this package's binary.
-fn daemon_binary() -> PathBuf {
-    std::env::var_os("VUS_E2E_DAEMON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_vhost-user-scsi")))
-}
-
-/// Work dir on a real file system (O_DIRECT does not work on tmpfs).
-fn work_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("guest-e2e-restart-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .expect("temp dir")
-}
-
-fn sparse_image(path: &Path, size: u64) -> PathBuf {
-    File::create(path)
-        .expect("create image")
-        .set_len(size)
-        .expect("size image");
-    path.to_path_buf()
-}
 
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
@@ -943,7 +906,7 @@ fn socket_disk_restarts(test: &str, stop: Stop, seed: u32) {
         return;
     }
     let t0 = Instant::now();
-    let work = work_dir();
+    let work = work_dir("guest-e2e-restart-");
     // Short paths for the sockets (sun_path is 108 bytes).
     let sockdir = tempfile::Builder::new().prefix("vus-").tempdir().unwrap();
     let socket = sockdir.path().join("vus.sock");
@@ -1009,7 +972,7 @@ fn guest_e2e_restart_state_file() {
         return;
     }
     let t0 = Instant::now();
-    let work = work_dir();
+    let work = work_dir("guest-e2e-restart-");
     let sockdir = tempfile::Builder::new().prefix("vus-").tempdir().unwrap();
     let socket = sockdir.path().join("vm1.sock");
     let rpc = sockdir.path().join("rpc.sock");

@@ -1,9 +1,68 @@
-//! The guest end-to-end tests' shared harness check (tests/guest_e2e*.rs):
-//! where the repository is, and whether the test guest and QEMU are there
-//! (skip loudly without them, fail when `CI=true`).
+//! What the guest end-to-end tests (tests/guest_e2e*.rs) share: where the
+//! repository, the daemon and the logs are, whether the test guest and QEMU
+//! are there (skip loudly without them, fail when `CI=true`), one lock so a
+//! test binary's guests do not overlap (2 cores, TCG), scratch directories.
 
-use std::path::PathBuf;
+#![allow(dead_code)]
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
+
+/// Guest boots of one test binary must not overlap.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Hold while a test boots guests.
+pub fn lock() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Console, QEMU and daemon logs, kept after the test.
+pub fn logs_dir() -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join("guest-e2e-logs");
+    fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The daemon binary: $VUS_E2E_DAEMON if set, else this package's binary.
+pub fn daemon_binary() -> PathBuf {
+    std::env::var_os("VUS_E2E_DAEMON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_vhost-user-scsi")))
+}
+
+/// Work dir on a real file system (O_DIRECT does not work on tmpfs).
+pub fn work_dir(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("temp dir")
+}
+
+/// Short directory for sockets (sun_path is 108 bytes).
+pub fn socket_dir(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .expect("socket dir")
+}
+
+/// A sparse image of `size` bytes at `path`.
+pub fn sparse_image(path: &Path, size: u64) -> PathBuf {
+    File::create(path)
+        .expect("create image")
+        .set_len(size)
+        .expect("size image");
+    path.to_path_buf()
+}
+
+/// The last `n` lines of a file (for failure messages).
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_else(|e| format!("({e})"));
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
 
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

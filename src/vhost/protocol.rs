@@ -163,7 +163,7 @@ impl Handler {
         let Some(vring) = self.backend.vring(index) else {
             return Err(VuError::InvalidParam);
         };
-        let fd = vring.get_ref().get_kick().as_ref().map(|k| k.as_raw_fd());
+        let fd = kick_fd(vring);
         if let Some(fd) = fd {
             if self.active(index) {
                 self.loops
@@ -255,17 +255,11 @@ impl Handler {
             enabled = state.is_enabled(),
             "vring started"
         );
-        let kick = state.get_kick().as_ref().map(|k| k.as_raw_fd());
         drop(state);
         self.update_watch(index)?;
         if wake {
-            if let Some(fd) = kick {
-                // The worker resubmits at its next kick: give it one.
-                let one: u64 = 1;
-                // SAFETY: writes 8 bytes from a live u64 to an eventfd the
-                // vring owns.
-                unsafe { libc::write(fd, std::ptr::addr_of!(one).cast(), 8) };
-            }
+            // The worker resubmits at its next kick: give it one.
+            kick(&vring);
         }
         Ok(())
     }
@@ -347,14 +341,25 @@ impl Drop for Handler {
     fn drop(&mut self) {
         // Stop watching kicks before the vrings' fds go away.
         for index in 0..self.started.len() {
-            if let Some(fd) = self
-                .backend
-                .vring(index)
-                .and_then(|v| v.get_ref().get_kick().as_ref().map(|k| k.as_raw_fd()))
-            {
+            if let Some(fd) = self.backend.vring(index).and_then(kick_fd) {
                 self.loops.unwatch_kick(index, fd);
             }
         }
+    }
+}
+
+/// The kick eventfd of `vring`, if it has one.
+fn kick_fd(vring: &super::worker::Vring) -> Option<std::os::fd::RawFd> {
+    vring.get_ref().get_kick().as_ref().map(|k| k.as_raw_fd())
+}
+
+/// Make `vring`'s worker look at it, as a guest kick would.
+fn kick(vring: &super::worker::Vring) {
+    if let Some(fd) = kick_fd(vring) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to an eventfd the vring
+        // owns (it stays open while we hold the vring).
+        unsafe { libc::write(fd, std::ptr::addr_of!(one).cast(), 8) };
     }
 }
 
@@ -508,7 +513,7 @@ impl VhostUserBackendReqHandlerMut for Handler {
         let i = usize::from(index);
         let vring = self.vring(u32::from(index))?.clone();
         // The old kick leaves the worker's epoll before it is closed.
-        if let Some(old) = vring.get_ref().get_kick().as_ref().map(|k| k.as_raw_fd()) {
+        if let Some(old) = kick_fd(&vring) {
             self.loops.unwatch_kick(i, old);
         }
         let has_fd = fd.is_some();
@@ -563,22 +568,9 @@ impl VhostUserBackendReqHandlerMut for Handler {
         self.vring(index)?.set_enabled(enable);
         self.update_watch(index as usize)?;
         tracing::debug!(controller = %self.label, queue = index, enable, "vring enable");
-        if enable {
+        if enable && self.active(index as usize) {
             // Requests may have arrived while the ring was disabled.
-            if let Some(fd) = self
-                .vring(index)?
-                .get_ref()
-                .get_kick()
-                .as_ref()
-                .map(|k| k.as_raw_fd())
-            {
-                if self.active(index as usize) {
-                    let one: u64 = 1;
-                    // SAFETY: writes 8 bytes from a live u64 to an eventfd
-                    // the vring owns.
-                    unsafe { libc::write(fd, std::ptr::addr_of!(one).cast(), 8) };
-                }
-            }
+            kick(self.vring(index)?);
         }
         Ok(())
     }

@@ -153,16 +153,17 @@ impl ServerState {
     /// counted, kept as the last error.
     fn failed(&self, label: &str, error: &str) {
         tracing::error!(controller = %label, error, "controller cannot serve; retrying");
-        let mut h = self.health.lock().unwrap_or_else(|p| p.into_inner());
-        h.state = ControllerState::Retrying;
-        h.last_error = Some(error.to_string());
-        h.errors += 1;
+        self.record_error(ControllerState::Retrying, error);
     }
 
     /// The accept loop ended with `error`.
     pub fn stopped(&self, error: &str) {
+        self.record_error(ControllerState::Stopped, error);
+    }
+
+    fn record_error(&self, state: ControllerState, error: &str) {
         let mut h = self.health.lock().unwrap_or_else(|p| p.into_inner());
-        h.state = ControllerState::Stopped;
+        h.state = state;
         h.last_error = Some(error.to_string());
         h.errors += 1;
     }
@@ -605,20 +606,11 @@ fn listener_accept(fd: RawFd) -> io::Result<Option<UnixStream>> {
 /// socket.
 pub fn wait_for_connection(listen_fd: RawFd, wake_fd: RawFd) -> io::Result<bool> {
     // The wake fd wins when both are ready.
-    Ok(poll_any(&[wake_fd, listen_fd])? != 0)
+    Ok(poll_timeout(&[wake_fd, listen_fd], None)? != Some(0))
 }
 
-/// Block until one of `fds` is readable (or hung up); returns the index of
-/// the first such fd.
-fn poll_any(fds: &[RawFd]) -> io::Result<usize> {
-    loop {
-        if let Some(i) = poll_timeout(fds, None)? {
-            return Ok(i);
-        }
-    }
-}
-
-/// As [`poll_any`], giving up after `timeout` (None: never): `Ok(None)`.
+/// Block until one of `fds` is readable (or hung up) and return the index
+/// of the first such fd, or `Ok(None)` once `timeout` passed (None: never).
 fn poll_timeout(fds: &[RawFd], timeout: Option<Duration>) -> io::Result<Option<usize>> {
     let mut pfds: Vec<libc::pollfd> = fds
         .iter()

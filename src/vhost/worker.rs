@@ -141,6 +141,19 @@ impl RequestWorker {
         }
     }
 
+    /// Put `head` in the used ring with `len` bytes written (see
+    /// [`publish_used`]). Returns true (the used ring changed).
+    fn publish(&mut self, state: &mut State, head: u16, len: u32) -> bool {
+        publish_used(
+            &mut self.inflight,
+            state,
+            head,
+            len,
+            &mut self.log,
+            self.dlog.as_deref(),
+        )
+    }
+
     /// Take the dirty log in force now (one cached load while it does not
     /// change).
     fn refresh_log(&mut self) {
@@ -406,14 +419,7 @@ impl RequestWorker {
                     )
                 }
             };
-            publish(
-                &mut self.inflight,
-                &mut state,
-                req.head,
-                used,
-                &mut self.log,
-                self.dlog.as_deref(),
-            );
+            self.publish(&mut state, req.head, used);
         }
         signal(&mut state, &mut self.log, self.index);
     }
@@ -447,14 +453,7 @@ impl RequestWorker {
                 &mut self.log,
                 self.dlog.as_deref(),
             );
-            publish(
-                &mut self.inflight,
-                &mut state,
-                req.head,
-                used,
-                &mut self.log,
-                self.dlog.as_deref(),
-            );
+            self.publish(&mut state, req.head, used);
         }
         signal(&mut state, &mut self.log, self.index);
     }
@@ -487,14 +486,7 @@ impl RequestWorker {
             self.stats.popped(1);
             match r.done {
                 Some(len) => {
-                    completed |= publish(
-                        &mut self.inflight,
-                        state,
-                        r.head,
-                        len,
-                        &mut self.log,
-                        self.dlog.as_deref(),
-                    );
+                    completed |= self.publish(state, r.head, len);
                 }
                 None if r.applied => {
                     // Applied before the restart (COMPARE AND WRITE): the
@@ -513,14 +505,7 @@ impl RequestWorker {
                                 self.dlog.as_deref(),
                             )
                         });
-                    completed |= publish(
-                        &mut self.inflight,
-                        state,
-                        r.head,
-                        used,
-                        &mut self.log,
-                        self.dlog.as_deref(),
-                    );
+                    completed |= self.publish(state, r.head, used);
                 }
                 None => {
                     let split = split_chain_at(mem, table, size, r.head);
@@ -548,14 +533,7 @@ impl RequestWorker {
             Ok(s) => s,
             Err(e) => {
                 warn_limited!(self.log, queue = self.index, error = %e, "malformed descriptor chain");
-                return publish(
-                    &mut self.inflight,
-                    state,
-                    head,
-                    0,
-                    &mut self.log,
-                    self.dlog.as_deref(),
-                );
+                return self.publish(state, head, 0);
             }
         };
         let req = match parse_cmd(&mem, split) {
@@ -574,14 +552,7 @@ impl RequestWorker {
                     ),
                     None => 0,
                 };
-                return publish(
-                    &mut self.inflight,
-                    state,
-                    head,
-                    used,
-                    &mut self.log,
-                    self.dlog.as_deref(),
-                );
+                return self.publish(state, head, used);
             }
         };
         let lun = match decode_lun(&req.header.lun) {
@@ -621,14 +592,7 @@ impl RequestWorker {
                     &mut self.log,
                     self.dlog.as_deref(),
                 );
-                publish(
-                    &mut self.inflight,
-                    state,
-                    head,
-                    used,
-                    &mut self.log,
-                    self.dlog.as_deref(),
-                )
+                self.publish(state, head, used)
             }
             other => {
                 // The target accepted a command for a LUN being detached
@@ -860,14 +824,7 @@ impl RequestWorker {
             req.resid,
             self.dlog.as_deref(),
         );
-        publish(
-            &mut self.inflight,
-            state,
-            req.head,
-            used,
-            &mut self.log,
-            self.dlog.as_deref(),
-        )
+        self.publish(state, req.head, used)
     }
 
     /// Complete at once with a virtio-scsi response code and no SCSI status.
@@ -888,14 +845,7 @@ impl RequestWorker {
             0,
             self.dlog.as_deref(),
         );
-        publish(
-            &mut self.inflight,
-            state,
-            head,
-            used,
-            &mut self.log,
-            self.dlog.as_deref(),
-        )
+        self.publish(state, head, used)
     }
 }
 
@@ -962,7 +912,7 @@ pub(crate) fn log_used_ring(d: &DirtyLog, q: &virtio_queue::Queue) {
 /// follows the used ring in the spec's order, so a crash at any point
 /// leaves a state the next daemon can finish. Returns true (the used ring
 /// changed).
-fn publish(
+fn publish_used(
     inflight: &mut Option<QueueInflight>,
     state: &mut State,
     head: u16,

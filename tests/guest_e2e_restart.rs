@@ -27,11 +27,15 @@
 //!   restore failed", while the socket is down);
 //! * no daemon instance logged an ERROR, and the last one exits 0 on
 //!   SIGTERM;
-//! * each stop is sent while the daemon has requests in flight (its
-//!   `stats`, polled until [`SIGNAL_IN_FLIGHT`]): after SIGKILL a new daemon
-//!   resubmitted some from the INFLIGHT_SHMFD region (its log line "the
-//!   previous daemon left requests in flight ... requests=N"); after SIGTERM
-//!   none were left (drained and published before the connection closed).
+//! * each SIGTERM is sent while the daemon has requests in flight (its
+//!   `stats`, polled until [`SIGNAL_IN_FLIGHT`]), and afterwards none were
+//!   left (drained and published before the connection closed); each
+//!   SIGKILL is sent while the daemon is stopped with io_uring submissions
+//!   it has not reaped (`Daemon::sigkill_in_flight`), and the new daemon
+//!   resubmitted requests from the INFLIGHT_SHMFD region (its log line "the
+//!   previous daemon left requests in flight ... requests=N"). A kill right
+//!   after a look at `stats` found every request published already in 2 of
+//!   4 kills (the CI run of session 3).
 //!
 //! For each restart the host prints what it measured: how long the old
 //! daemon took to exit (SIGTERM), when the new one listened, when QEMU
@@ -166,13 +170,44 @@ impl Daemon {
         }
     }
 
-    /// SIGKILL and reap; returns the moment of the kill.
-    fn sigkill(&mut self) -> Instant {
+    /// SIGKILL, at a moment when the daemon has I/O in flight, and reap.
+    /// Returns the moment of the kill and how many of its io_uring
+    /// requests had not been reaped then.
+    ///
+    /// The daemon completes a request in microseconds to milliseconds, so
+    /// a kill right after a look at its `stats` often finds every request
+    /// published already. Instead, until `within` has passed: while `stats`
+    /// shows requests in flight, SIGSTOP it, count the submissions its
+    /// io_uring instances have not reaped (`/proc/PID/fdinfo`: SqHead -
+    /// CqHead), and SIGKILL it if there are some; else SIGCONT and look
+    /// again. A request whose completion was not reaped was not published,
+    /// so it is in the inflight region for the next daemon.
+    fn sigkill_in_flight(&mut self, rpc: &Path, within: Duration) -> (Instant, u64) {
         let mut child = self.child.take().expect("daemon already stopped");
+        let pid = child.id() as libc::pid_t;
+        let signal = |sig| {
+            // SAFETY: kill(2) on our own child's pid, which is not reaped yet.
+            let r = unsafe { libc::kill(pid, sig) };
+            assert_eq!(r, 0, "kill {sig}: {}", std::io::Error::last_os_error());
+        };
+        let deadline = Instant::now() + within;
+        let mut pending = 0;
+        while Instant::now() < deadline {
+            if queued_requests(rpc).unwrap_or(0) == 0 {
+                continue;
+            }
+            signal(libc::SIGSTOP);
+            wait_stopped(pid);
+            pending = uring_pending(pid);
+            if pending > 0 {
+                break;
+            }
+            signal(libc::SIGCONT);
+        }
         let t = Instant::now();
         child.kill().expect("SIGKILL the daemon");
         child.wait().unwrap();
-        t
+        (t, pending)
     }
 
     /// SIGTERM; waits up to `within` for the exit. Returns the moment of
@@ -275,6 +310,57 @@ fn completed_commands(rpc: &Path) -> Option<u64> {
         }
     }
     Some(n)
+}
+
+/// Waits (up to 2 s) until process `pid` is stopped (state `T` in
+/// `/proc/PID/stat`).
+fn wait_stopped(pid: libc::pid_t) {
+    let end = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < end {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The state follows the command name, which is in parentheses.
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().next());
+        if matches!(state, Some("T" | "t")) {
+            return;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    panic!("process {pid} did not stop within 2 s of SIGSTOP");
+}
+
+/// Submissions that process `pid`'s io_uring instances consumed and whose
+/// completions it has not reaped: SqHead - CqHead of each, from
+/// `/proc/PID/fdinfo` (the daemon's rings carry only readv, writev and
+/// fsync, one completion each).
+fn uring_pending(pid: libc::pid_t) -> u64 {
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    let mut pending = 0u64;
+    for fd in fds.flatten() {
+        let is_uring =
+            fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy().contains("io_uring"));
+        if !is_uring {
+            continue;
+        }
+        let info = fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            fd.file_name().to_string_lossy()
+        ))
+        .unwrap_or_default();
+        let get = |key: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().parse::<u32>().ok())
+        };
+        if let (Some(sq_head), Some(cq_head)) = (get("SqHead:"), get("CqHead:")) {
+            pending += u64::from(sq_head.wrapping_sub(cq_head));
+        }
+    }
+    pending
 }
 
 /// Requests the daemon behind `rpc` has taken from the rings and not
@@ -553,6 +639,9 @@ struct Restart {
     /// Requests the old daemon had in flight when it was signalled (its
     /// stats, sampled just before).
     in_flight: Option<u64>,
+    /// SIGKILL: io_uring submissions the old daemon had not reaped when it
+    /// was killed (stopped first, see [`Daemon::sigkill_in_flight`]).
+    pending: Option<u64>,
     /// Requests the new daemon found in the inflight region and resubmitted
     /// (its log: "the previous daemon left requests in flight").
     resubmitted: u64,
@@ -620,8 +709,13 @@ fn restart_under_io(
             in_flight = queued_requests(rpc);
         }
         let signal_epoch = epoch_secs(SystemTime::now());
+        let mut pending = None;
         let (signal_at, exited) = match stop {
-            Stop::Kill => (daemon.sigkill(), None),
+            Stop::Kill => {
+                let (t, n) = daemon.sigkill_in_flight(rpc, Duration::from_secs(10));
+                pending = Some(n);
+                (t, None)
+            }
             Stop::Term => {
                 let (t, st) = daemon.sigterm(Duration::from_secs(30));
                 assert!(
@@ -679,6 +773,7 @@ fn restart_under_io(
             connected,
             first_completion,
             in_flight,
+            pending,
             resubmitted,
         };
         println!("{test}: {}", describe_restart(i + 1, stop, &r));
@@ -693,7 +788,7 @@ fn describe_restart(n: usize, stop: Stop, r: &Restart) -> String {
     format!(
         "restart {n} ({}): {}new daemon spawned {:.3} s, listening {:.3} s, \
          QEMU connected {}, first command completed {} after the signal; \
-         {} request(s) in flight at the signal, {} resubmitted by the new daemon",
+         {} request(s) in flight at the signal{}, {} resubmitted by the new daemon",
         match stop {
             Stop::Kill => "SIGKILL",
             Stop::Term => "SIGTERM",
@@ -706,6 +801,9 @@ fn describe_restart(n: usize, stop: Stop, r: &Restart) -> String {
         opt(r.connected),
         opt(r.first_completion.map(secs)),
         r.in_flight.map_or("?".into(), |n| n.to_string()),
+        r.pending
+            .map(|n| format!(" ({n} io_uring submission(s) not reaped at the kill)"))
+            .unwrap_or_default(),
         r.resubmitted,
     )
 }
@@ -865,14 +963,25 @@ fn check_outcome(
             restarts.iter().map(|r| r.resubmitted).collect::<Vec<_>>()
         );
     } else {
-        // SIGKILL was sent while the daemon had requests in flight: the
-        // next daemon must have found some in the inflight region.
+        // SIGKILL was sent while the daemon had io_uring submissions it
+        // had not reaped (so not published): the next daemon must have
+        // found them in the inflight region.
+        let pending: Vec<u64> = restarts.iter().map(|r| r.pending.unwrap_or(0)).collect();
         assert!(
-            restarts.iter().any(|r| r.resubmitted > 0),
-            "{test}: no restarted daemon resubmitted a request (in flight at the kills: {:?}; \
-             log line \"the previous daemon left requests in flight\")",
-            restarts.iter().map(|r| r.in_flight).collect::<Vec<_>>()
+            pending.iter().any(|&n| n > 0),
+            "{test}: no kill caught the daemon with io_uring submissions in flight \
+             (not reaped at the kills: {pending:?})"
         );
+        for (i, r) in restarts.iter().enumerate() {
+            assert!(
+                r.pending.unwrap_or(0) == 0 || r.resubmitted > 0,
+                "{test}: restart {}: the daemon was killed with {} io_uring submission(s) \
+                 not reaped, and the next daemon resubmitted nothing (log line \"the previous \
+                 daemon left requests in flight\")",
+                i + 1,
+                r.pending.unwrap_or(0)
+            );
+        }
     }
     assert!(
         restarts.iter().all(|r| r.first_completion.is_some()),

@@ -3,6 +3,8 @@
 #
 #   QEMU >= 8.2 (qemu-system-x86 from bookworm-backports), busybox-static, cpio,
 #   kmod, fio, sg3-utils, e2fsprogs, util-linux, coreutils, gzip, python3.
+#   libvirt 9 (libvirtd, virtlogd, virsh, the QEMU driver; it runs the QEMU
+#   above) and its libvirt-qemu user (tests/guest_e2e_libvirt.rs).
 #
 # Usage: scripts/install-deps.sh
 set -euo pipefail
@@ -17,6 +19,11 @@ QEMU_MIN_MINOR=2
 
 # Packages from the main suite (package name -> a file that proves it is installed).
 declare -A MAIN_PKGS=(
+    # libvirt without libvirt-daemon-system (that one pulls systemd in):
+    # the users it would make are made below.
+    [libvirt-daemon]=/usr/sbin/virtlogd
+    [libvirt-daemon-driver-qemu]=/usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_qemu.so
+    [libvirt-clients]=/usr/bin/virsh
     [busybox-static]=/bin/busybox
     [cpio]=/usr/bin/cpio
     [kmod]=/usr/sbin/depmod
@@ -37,6 +44,28 @@ qemu_ok() {
     read -r major minor <<<"$ver"
     (( major > QEMU_MIN_MAJOR || (major == QEMU_MIN_MAJOR && minor >= QEMU_MIN_MINOR) ))
 }
+
+# The user and groups libvirt runs QEMU with (user libvirt-qemu in group kvm
+# and libvirt-qemu), as libvirt-daemon-system's postinst makes them; libvirtd
+# refuses to start its QEMU driver without them.
+libvirt_users_ok() {
+    getent group kvm >/dev/null && getent group libvirt-qemu >/dev/null \
+        && [[ " $(id -nG libvirt-qemu 2>/dev/null) " == *" kvm "* ]] \
+        && [[ " $(id -nG libvirt-qemu 2>/dev/null) " == *" libvirt-qemu "* ]]
+}
+if ! libvirt_users_ok; then
+    [[ $(id -u) -eq 0 ]] || die "user libvirt-qemu (groups kvm, libvirt-qemu) missing; run as root"
+    getent group kvm >/dev/null || groupadd --system kvm
+    getent group libvirt-qemu >/dev/null || groupadd --system libvirt-qemu
+    if getent passwd libvirt-qemu >/dev/null; then
+        usermod --gid kvm --append --groups libvirt-qemu libvirt-qemu
+    else
+        useradd --system --gid kvm --groups libvirt-qemu --home-dir /var/lib/libvirt \
+            --no-create-home --shell /usr/sbin/nologin --comment "Libvirt Qemu" libvirt-qemu
+    fi
+    libvirt_users_ok || die "could not create user libvirt-qemu (groups kvm, libvirt-qemu)"
+    log "created user libvirt-qemu ($(id libvirt-qemu))"
+fi
 
 missing=()
 for pkg in "${!MAIN_PKGS[@]}"; do

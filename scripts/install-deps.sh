@@ -27,6 +27,7 @@ declare -A MAIN_PKGS=(
     [coreutils]=/usr/bin/dd
     [gzip]=/usr/bin/gzip
     [python3]=/usr/bin/python3
+    [python3-pytest]=/usr/lib/python3/dist-packages/pytest/__init__.py  # python/tests (/usr/bin/python3)
 )
 
 qemu_ok() {

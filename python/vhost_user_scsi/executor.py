@@ -205,9 +205,7 @@ class Endpoint:
         """The libvirt ``<qemu:commandline>`` element with
         :meth:`qemu_args`. It declares the ``qemu`` namespace itself, so it
         parses on its own; in a domain it goes under ``<domain>``."""
-        args = self.qemu_args(
-            bus=bus, addr=addr, bootindex=bootindex, num_queues=num_queues
-        )
+        args = self.qemu_args(bus=bus, addr=addr, bootindex=bootindex, num_queues=num_queues)
         lines = ["<qemu:commandline xmlns:qemu=%s>" % quoteattr(QEMU_XML_NAMESPACE)]
         lines += ["  <qemu:arg value=%s/>" % quoteattr(arg) for arg in args]
         lines.append("</qemu:commandline>")
@@ -321,7 +319,9 @@ class VhostUserScsiExecutor:
                 serial=serial,
             )
         except BaseException as e:
-            LOG.info("lun_add of %s to %s failed (%s): deleting the controller", volume_path, name, e)
+            LOG.info(
+                "lun_add of %s to %s failed (%s): deleting the controller", volume_path, name, e
+            )
             self._rollback(name)
             raise
         info = dict(info)
@@ -340,9 +340,7 @@ class VhostUserScsiExecutor:
         except VhostUserScsiError as e:
             LOG.warning("cannot delete controller %s after a failed lun_add: %s", name, e)
 
-    def delete_endpoint(
-        self, name: str, force: bool = False, missing_ok: bool = False
-    ) -> None:
+    def delete_endpoint(self, name: str, force: bool = False, missing_ok: bool = False) -> None:
         """Delete the controller ``name`` and its LUNs (the disks are
         flushed, the socket removed). Refused (``RpcError`` with code
         :data:`~vhost_user_scsi.rpc.BUSY`) while QEMU is connected, unless

@@ -142,9 +142,7 @@ class RpcClient:
     Thread-safe.
     """
 
-    def __init__(
-        self, path: Optional[str] = None, timeout: float = 30.0
-    ) -> None:
+    def __init__(self, path: Optional[str] = None, timeout: float = 30.0) -> None:
         self.path = os.fspath(path) if path is not None else default_rpc_socket()
         self.timeout = timeout
         self._ids = itertools.count(1)
@@ -178,9 +176,7 @@ class RpcClient:
                 "%s: the answer is not JSON: %s: %r" % (method, e, line[:200])
             ) from None
         if not isinstance(response, dict) or response.get("jsonrpc") != "2.0":
-            raise RpcProtocolError(
-                "%s: not a JSON-RPC 2.0 response: %r" % (method, line[:200])
-            )
+            raise RpcProtocolError("%s: not a JSON-RPC 2.0 response: %r" % (method, line[:200]))
         if response.get("id") != request_id:
             raise RpcProtocolError(
                 "%s: answer to request id %r, expected %d"
@@ -190,9 +186,7 @@ class RpcClient:
             error = response["error"]
             if not isinstance(error, dict) or not isinstance(error.get("code"), int):
                 raise RpcProtocolError("%s: malformed error object: %r" % (method, error))
-            raise RpcError(
-                error["code"], str(error.get("message", "")), error.get("data"), method
-            )
+            raise RpcError(error["code"], str(error.get("message", "")), error.get("data"), method)
         if "result" not in response:
             raise RpcProtocolError("%s: response has neither result nor error" % method)
         return response["result"]
@@ -221,8 +215,7 @@ class RpcClient:
                     chunk = sock.recv(65536)
                     if not chunk:
                         raise RpcConnectionError(
-                            "%s: %s closed the connection before answering"
-                            % (method, self.path)
+                            "%s: %s closed the connection before answering" % (method, self.path)
                         )
                     end = chunk.find(b"\n")
                     if end >= 0:
@@ -308,16 +301,12 @@ class RpcClient:
         """Remove a LUN (the guest is told the disk went away)."""
         self.call("lun_remove", {"controller": controller, "lun": lun})
 
-    def lun_resize(
-        self, controller: str, lun: int, size: Optional[int] = None
-    ) -> Dict[str, Any]:
+    def lun_resize(self, controller: str, lun: int, size: Optional[int] = None) -> Dict[str, Any]:
         """Grow an image file to ``size`` bytes, or re-read the backing's
         size; returns the LUN."""
         return self.call("lun_resize", _params(controller=controller, lun=lun, size=size))
 
-    def stats(
-        self, controller: Optional[str] = None, lun: Optional[int] = None
-    ) -> Dict[str, Any]:
+    def stats(self, controller: Optional[str] = None, lun: Optional[int] = None) -> Dict[str, Any]:
         """Counters of every controller, or of one controller (and LUN)."""
         return self.call("stats", _params(controller=controller, lun=lun))
 

@@ -287,3 +287,11 @@ def test_loop_device(executor, image):
         executor.delete_endpoint("vm1")
     finally:
         subprocess.run([losetup, "-d", device], check=False)
+
+
+def test_endpoint_without_a_volume_gets_luns_later(executor, image):
+    ep = executor.create_endpoint(None, name="vm1")
+    assert ep.luns == () and ep.lun is None
+    path = image()
+    assert executor.add_lun("vm1", path).lun == 0
+    assert executor.get_endpoint("vm1").lun == 0

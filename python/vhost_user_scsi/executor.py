@@ -259,7 +259,7 @@ class VhostUserScsiExecutor:
 
     def create_endpoint(
         self,
-        volume_path: str,
+        volume_path: Optional[str],
         *,
         name: Optional[str] = None,
         lun: int = 0,
@@ -278,7 +278,9 @@ class VhostUserScsiExecutor:
     ) -> Endpoint:
         """Create a controller named ``name`` (default ``vus-<uuid4>``)
         listening on ``<socket_dir>/<name>.sock`` and add ``volume_path`` as
-        LUN ``lun``; returns the endpoint.
+        LUN ``lun``; returns the endpoint. With ``volume_path=None`` the
+        controller has no LUN yet (volumes are hot-attached later with
+        :meth:`add_lun`).
 
         ``initiator`` is the guest's identity for persistent reservations
         (the instance UUID; give both ends of a live migration the same).
@@ -301,31 +303,31 @@ class VhostUserScsiExecutor:
             # The daemon (which may have other rights) says what is wrong.
             LOG.debug("cannot create %s: %s", socket_dir, e)
         socket_path = os.path.join(socket_dir, name + ".sock")
-        info = self.client.controller_create(
-            name,
-            socket_path,
-            num_queues=num_queues,
-            initiator=initiator,
-            socket_group=socket_group,
-            socket_mode=socket_mode,
-        )
-        try:
-            lun_info = self.client.lun_add(
+        info = dict(
+            self.client.controller_create(
                 name,
-                os.fspath(volume_path),
-                lun=lun,
-                readonly=readonly,
-                block_size=block_size,
-                serial=serial,
+                socket_path,
+                num_queues=num_queues,
+                initiator=initiator,
+                socket_group=socket_group,
+                socket_mode=socket_mode,
             )
-        except BaseException as e:
-            LOG.info(
-                "lun_add of %s to %s failed (%s): deleting the controller", volume_path, name, e
-            )
-            self._rollback(name)
-            raise
-        info = dict(info)
-        info["luns"] = [lun_info]
+        )
+        if volume_path is not None:
+            try:
+                lun_info = self.client.lun_add(
+                    name,
+                    os.fspath(volume_path),
+                    lun=lun,
+                    readonly=readonly,
+                    block_size=block_size,
+                    serial=serial,
+                )
+            except BaseException as e:
+                LOG.info("lun_add of %s to %s failed (%s): deleting it", volume_path, name, e)
+                self._rollback(name)
+                raise
+            info["luns"] = [lun_info]
         return Endpoint.from_api(
             info,
             pci_bus=pci_bus,

@@ -81,6 +81,8 @@ def test_add_and_remove_luns(executor, image):
     lun = executor.add_lun("vm1", data)
     assert (lun.lun, lun.path, lun.size) == (1, data, 8 << 20)
     assert [x.lun for x in executor.get_endpoint("vm1").luns] == [0, 1]
+    assert executor.extend_lun("vm1", 1, 16 << 20).size == 16 << 20
+    assert os.path.getsize(data) == 16 << 20
     executor.remove_lun("vm1", 1)
     assert executor.get_endpoint("vm1").luns == ep.luns
     with pytest.raises(RpcError) as info:

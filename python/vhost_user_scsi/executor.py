@@ -394,6 +394,12 @@ class VhostUserScsiExecutor:
         the disk go away; I/O already in flight completes."""
         self.client.lun_remove(name, lun)
 
+    def extend_lun(self, name: str, lun: int, size: Optional[int] = None) -> Lun:
+        """Grow LUN ``lun`` of endpoint ``name``: an image file to ``size``
+        bytes, or (``size=None``) re-read the size of a device resized
+        elsewhere. The guest is told the capacity changed."""
+        return Lun.from_api(self.client.lun_resize(name, lun, size))
+
     def stats(self, name: Optional[str] = None) -> Dict[str, Any]:
         """The daemon's counters, of every endpoint or of ``name``."""
         return self.client.stats(controller=name)

@@ -6,6 +6,7 @@ import pytest
 
 from vhost_user_scsi import (
     INVALID_PARAMS,
+    INVALID_REQUEST,
     METHOD_NOT_FOUND,
     NOT_FOUND,
     RpcClient,
@@ -36,6 +37,12 @@ def test_invalid_params_carry_the_daemons_message(daemon):
         RpcClient(daemon.rpc_socket).call("controller_create", {"name": "x"})
     assert info.value.code == INVALID_PARAMS
     assert "missing field `socket`" in info.value.message
+
+
+def test_too_large_request_is_an_rpc_error(daemon):
+    with pytest.raises(RpcError) as info:
+        RpcClient(daemon.rpc_socket).call("version", {"pad": "x" * (2 << 20)})
+    assert info.value.code == INVALID_REQUEST
 
 
 def test_not_found(daemon):

@@ -177,7 +177,11 @@ class RpcClient:
             ) from None
         if not isinstance(response, dict) or response.get("jsonrpc") != "2.0":
             raise RpcProtocolError("%s: not a JSON-RPC 2.0 response: %r" % (method, line[:200]))
-        if response.get("id") != request_id:
+        # An error about a request the daemon could not read (too large)
+        # has a null id.
+        if response.get("id") != request_id and not (
+            response.get("id") is None and "error" in response
+        ):
             raise RpcProtocolError(
                 "%s: answer to request id %r, expected %d"
                 % (method, response.get("id"), request_id)
@@ -208,7 +212,12 @@ class RpcClient:
                 sock.settimeout(remaining())
                 sock.connect(self.path)
                 sock.settimeout(remaining())
-                sock.sendall(data)
+                try:
+                    sock.sendall(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    # The daemon refused the request before reading all of
+                    # it (too large) and closed: its answer says why.
+                    pass
                 buf = bytearray()
                 while True:
                     sock.settimeout(remaining())

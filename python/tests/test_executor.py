@@ -234,11 +234,26 @@ def test_socket_group(executor, image):
             image(), name="vm1", socket_group=group.gr_name, socket_mode="0660"
         )
     except RpcError as e:
-        if e.code == INVALID_PARAMS and "socket_group" in e.message:
+        if e.code == INVALID_PARAMS and "unknown field `socket_group`" in e.message:
             pytest.skip("this daemon has no socket_group: %s" % e)
         raise
     st = os.stat(ep.socket)
     assert stat.S_IMODE(st.st_mode) == 0o660 and st.st_gid == group.gr_gid
+    assert (ep.socket_group, ep.socket_mode) == (group.gr_name, "0660")
+    listed = executor.get_endpoint("vm1")
+    assert (listed.socket_group, listed.socket_mode) == (group.gr_name, "0660")
+
+
+def test_unknown_socket_group(executor, image):
+    try:
+        executor.create_endpoint(image(), name="vm1", socket_group="no-such-group-vus")
+    except RpcError as e:
+        if "unknown field `socket_group`" in e.message:
+            pytest.skip("this daemon has no socket_group: %s" % e)
+        assert e.code == INVALID_PARAMS and "no-such-group-vus" in e.message
+    else:
+        pytest.fail("an unknown group was accepted")
+    assert executor.list_endpoints() == []
 
 
 def test_state_file_keeps_endpoints_across_restarts(workdir, image):

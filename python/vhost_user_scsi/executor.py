@@ -123,6 +123,9 @@ class Endpoint:
     state: str = ""
     #: The initiator identity given at creation, if any.
     initiator: Optional[str] = None
+    #: The socket's group and mode (octal), when the daemon set them.
+    socket_group: Optional[str] = None
+    socket_mode: Optional[str] = None
     pci_bus: str = DEFAULT_PCI_BUS
     pci_addr: str = DEFAULT_PCI_ADDR
     #: Boot order of the device (0 for boot from volume); None: not
@@ -143,6 +146,8 @@ class Endpoint:
             connected=bool(info.get("connected", False)),
             state=str(info.get("state", "")),
             initiator=info.get("initiator"),
+            socket_group=info.get("socket_group"),
+            socket_mode=info.get("socket_mode"),
             **kwargs,
         )
 

@@ -142,20 +142,46 @@ def test_rollback_when_lun_add_breaks(daemon, workdir, image):
     assert executor.list_endpoints() == []
 
 
-def test_socket_accepts_a_connection_and_delete_needs_force(executor, image):
+def wait_connected(executor, name, connected):
+    """Until the endpoint is connected (or listening again)."""
+    want = (connected, "connected" if connected else "listening")
+    deadline = time.monotonic() + 5
+    while True:
+        ep = executor.get_endpoint(name)
+        if (ep.connected, ep.state) == want:
+            return
+        assert time.monotonic() < deadline, "endpoint %s, %s: never %s" % (
+            ep.connected,
+            ep.state,
+            want,
+        )
+        time.sleep(0.02)
+
+
+def test_socket_accepts_a_connection_and_delete_waits_for_it(executor, image):
     ep = executor.create_endpoint(image(), name="vm1")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(5)
         s.connect(ep.socket)
-        deadline = time.monotonic() + 5
-        while not executor.get_endpoint("vm1").connected:
-            assert time.monotonic() < deadline, "the daemon never saw the connection"
-            time.sleep(0.02)
+        wait_connected(executor, "vm1", True)
         with pytest.raises(RpcError) as info:
             executor.delete_endpoint("vm1")
         assert info.value.code == BUSY
-        executor.delete_endpoint("vm1", force=True)
+    # "QEMU" quit: the endpoint listens again and can be deleted.
+    wait_connected(executor, "vm1", False)
+    executor.delete_endpoint("vm1")
     assert executor.list_endpoints() == []
+
+
+def test_force_delete_disconnects(executor, image):
+    ep = executor.create_endpoint(image(), name="vm1")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(5)
+        s.connect(ep.socket)
+        wait_connected(executor, "vm1", True)
+        executor.delete_endpoint("vm1", force=True)
+        assert executor.list_endpoints() == []
+        assert s.recv(1) == b""  # the daemon closed its end
 
 
 def test_libvirt_xml(executor, image):

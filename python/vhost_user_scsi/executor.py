@@ -51,7 +51,8 @@ DEFAULT_NUM_QUEUES = 4
 DEFAULT_PCI_BUS = "pcie.0"
 DEFAULT_PCI_ADDR = "0x10"
 #: QEMU reconnects to the socket this long after the daemon went away
-#: (``reconnect-ms``, QEMU >= 9.2), so a daemon restart is invisible.
+#: (``reconnect-ms``, QEMU >= 9.2): a daemon restart is a pause of the guest's
+#: disk I/O, not a lost disk.
 DEFAULT_RECONNECT_MS = 1000
 
 #: The XML namespace of libvirt's ``<qemu:commandline>``.

@@ -344,3 +344,36 @@ def test_endpoint_without_a_volume_gets_luns_later(executor, image):
     path = image()
     assert executor.add_lun("vm1", path).lun == 0
     assert executor.get_endpoint("vm1").lun == 0
+
+
+def test_qemu_connects_with_the_generated_arguments(executor, image):
+    """QEMU (stopped before the guest runs) takes the endpoint's arguments
+    and connects to its socket."""
+    qemu = shutil.which("qemu-system-x86_64")
+    if qemu is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("qemu-system-x86_64 needed in CI: run scripts/install-deps.sh")
+        pytest.skip("qemu-system-x86_64 is not installed")
+    ep = executor.create_endpoint(image(), name="vm1", num_queues=2, bootindex=0)
+    args = [qemu, "-machine", "q35,memory-backend=mem", "-m", "128M"]
+    args += ["-object", "memory-backend-memfd,id=mem,size=128M,share=on"]
+    args += ["-nodefaults", "-display", "none", "-S", "-monitor", "none"]
+    proc = subprocess.Popen(
+        args + ep.qemu_args(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not executor.get_endpoint("vm1").connected:
+            if proc.poll() is not None:
+                pytest.fail("QEMU exited: %s" % proc.stderr.read().decode(errors="replace"))
+            assert time.monotonic() < deadline, "QEMU never connected"
+            time.sleep(0.02)
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stderr.close()
+    wait_connected(executor, "vm1", False)
+    executor.delete_endpoint("vm1")

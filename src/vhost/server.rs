@@ -478,6 +478,8 @@ fn serve_connection(
     // (dropping the handler joins them).
     backend.drain_all();
     *server.current() = None;
+    // `connected` and `state` change together (controller_list shows both).
+    server.set_state(ControllerState::Listening);
     match Arc::try_unwrap(handler) {
         Ok(h) => drop(h.into_inner().unwrap_or_else(|p| p.into_inner())),
         Err(_) => tracing::error!("protocol handler still referenced at disconnect"),

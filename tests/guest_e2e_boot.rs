@@ -39,7 +39,8 @@ use std::time::{Duration, Instant};
 
 mod guest_harness;
 use guest_harness::{
-    daemon_binary, harness_ready, lock, logs_dir, repo_root, socket_dir, tail, work_dir,
+    daemon_binary, harness_ready, lock, logs_dir, repo_root, socket_dir, sparse_image, tail,
+    work_dir,
 };
 
 /// QEMU start to the marker, TCG on a shared 2-core machine (a boot takes
@@ -61,6 +62,10 @@ struct Case {
     firmware: Firmware,
     readonly: bool,
     num_queues: u32,
+    /// A blank 16 MiB data disk as LUN 1 (named first on the daemon's
+    /// command line): the firmware must still boot LUN 0, where QEMU's
+    /// device-level bootindex points.
+    data_lun: bool,
 }
 
 impl Case {
@@ -109,6 +114,7 @@ fn boot_images() -> Result<PathBuf, String> {
     if let Some(r) = done.as_ref() {
         return r.clone();
     }
+    let _ = fs::remove_file(logs_dir().join("boot-timings.txt"));
     let root = repo_root();
     let start = Instant::now();
     let out = Command::new(root.join("scripts/build-boot-images.sh"))
@@ -209,17 +215,24 @@ impl Drop for Proc {
     }
 }
 
-fn start_daemon(image: &Path, readonly: bool, socket: &Path, log: &Path) -> Proc {
-    let mut spec = image.display().to_string();
+fn start_daemon(
+    image: &Path,
+    readonly: bool,
+    data: Option<&Path>,
+    socket: &Path,
+    log: &Path,
+) -> Proc {
+    let logf = File::create(log).unwrap();
+    let mut cmd = Command::new(daemon_binary());
+    cmd.arg("serve").arg("--socket").arg(socket);
+    if let Some(data) = data {
+        cmd.arg("--disk").arg(format!("{},lun=1", data.display()));
+    }
+    let mut spec = format!("{},lun=0", image.display());
     if readonly {
         spec.push_str(",readonly");
     }
-    let logf = File::create(log).unwrap();
-    let mut cmd = Command::new(daemon_binary());
-    cmd.arg("serve")
-        .arg("--socket")
-        .arg(socket)
-        .arg("--disk")
+    cmd.arg("--disk")
         .arg(spec)
         .args(["--num-queues", "2"])
         .stdin(Stdio::null())
@@ -294,7 +307,10 @@ fn boot(case: &Case) {
         let _ = fs::remove_file(f);
     }
 
-    let mut daemon = start_daemon(&image, case.readonly, &socket, &daemon_log);
+    let data = case
+        .data_lun
+        .then(|| sparse_image(&work.path().join("data.img"), 16 << 20));
+    let mut daemon = start_daemon(&image, case.readonly, data.as_deref(), &socket, &daemon_log);
 
     let machine = match case.firmware {
         Firmware::Bios => "pc",
@@ -426,12 +442,14 @@ fn boot(case: &Case) {
             case.name,
             diagnostics()
         ),
+        // Target 0 LUN 0 (where bootindex points) first, no failed option.
         Firmware::Efi => assert!(
-            console
-                .lines()
-                .any(|l| l.contains("BdsDxe: starting Boot") && l.contains("vhost-user-scsi")),
-            "{}: OVMF did not start a boot option of our disk (INQUIRY product \
-             vhost-user-scsi); {}",
+            console.lines().any(|l| l.contains("BdsDxe: starting Boot")
+                && l.contains("vhost-user-scsi")
+                && l.contains("Scsi(0x0,0x0)"))
+                && !console.contains("BdsDxe: failed"),
+            "{}: OVMF did not start the boot option of our LUN 0 (INQUIRY product \
+             vhost-user-scsi, Scsi(0x0,0x0)) first; {}",
             case.name,
             diagnostics()
         ),
@@ -483,7 +501,7 @@ fn boot(case: &Case) {
         .unwrap_or_else(|| "?".to_string());
     let grub = at_grub.map_or("-".to_string(), |s| format!("{s:.1} s"));
     report(&format!(
-        "{}: {} ({}), {} queue(s), disk {}: QEMU start -> GRUB {grub} -> marker {:.1} s \
+        "{}: {} ({}), {} queue(s), boot disk {}{}: QEMU start -> GRUB {grub} -> marker {:.1} s \
          (kernel to /init {uptime} s) -> QEMU exit {:.1} s",
         case.name,
         if case.firmware == Firmware::Bios {
@@ -498,6 +516,7 @@ fn boot(case: &Case) {
         } else {
             "read-write"
         },
+        if case.data_lun { " + data LUN 1" } else { "" },
         at_ok.unwrap(),
         at_exit
     ));
@@ -510,6 +529,7 @@ fn guest_e2e_boot_bios() {
         firmware: Firmware::Bios,
         readonly: false,
         num_queues: 2,
+        data_lun: true,
     });
 }
 
@@ -520,6 +540,7 @@ fn guest_e2e_boot_efi() {
         firmware: Firmware::Efi,
         readonly: false,
         num_queues: 2,
+        data_lun: true,
     });
 }
 
@@ -530,5 +551,6 @@ fn guest_e2e_boot_bios_readonly() {
         firmware: Firmware::Bios,
         readonly: true,
         num_queues: 1,
+        data_lun: false,
     });
 }

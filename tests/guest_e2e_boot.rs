@@ -302,7 +302,7 @@ fn boot(case: &Case) {
     let daemon_log = logs.join(format!("{}-daemon.log", case.name));
     let console_log = logs.join(format!("{}-console.log", case.name));
     let qemu_log = logs.join(format!("{}-qemu.log", case.name));
-    let debugcon_log = logs.join(format!("{}-ovmf-debugcon.log", case.name));
+    let debugcon_log = logs.join(format!("{}-firmware-debugcon.log", case.name));
     for f in [&console_log, &debugcon_log] {
         let _ = fs::remove_file(f);
     }
@@ -324,7 +324,13 @@ fn boot(case: &Case) {
         // -nographic also makes SeaBIOS print on the serial port (sercon).
         .args(["-nographic", "-nodefaults", "-no-reboot"])
         .arg("-serial")
-        .arg(format!("file:{}", console_log.display()));
+        .arg(format!("file:{}", console_log.display()))
+        // The firmware's debug port: SeaBIOS logs its boot order, the disks
+        // it found and why it skipped one there; Debian's OVMF is a release
+        // build and says little.
+        .arg("-debugcon")
+        .arg(format!("file:{}", debugcon_log.display()))
+        .args(["-global", "isa-debugcon.iobase=0x402"]);
     if let Some((code, vars_template)) = &firmware {
         let vars = work.path().join("OVMF_VARS.fd");
         fs::copy(vars_template, &vars).expect("copy OVMF_VARS");
@@ -334,12 +340,7 @@ fn boot(case: &Case) {
                 code.display()
             ))
             .arg("-drive")
-            .arg(format!("if=pflash,format=raw,file={}", vars.display()))
-            // OVMF's debug port (Debian's build is a RELEASE one and says
-            // little there; kept for a failing boot).
-            .arg("-debugcon")
-            .arg(format!("file:{}", debugcon_log.display()))
-            .args(["-global", "isa-debugcon.iobase=0x402"]);
+            .arg(format!("if=pflash,format=raw,file={}", vars.display()));
     }
     qemu.arg("-chardev")
         .arg(format!("socket,id=vus,path={}", socket.display()))
@@ -360,17 +361,14 @@ fn boot(case: &Case) {
     };
 
     let diagnostics = || {
-        let mut s = format!(
-            "console ({}):\n{}\nQEMU log:\n{}\ndaemon log:\n{}",
+        format!(
+            "console ({}):\n{}\nQEMU log:\n{}\ndaemon log:\n{}\nfirmware debug port:\n{}",
             console_log.display(),
             tail(&console_log, 40).replace('\r', ""),
             tail(&qemu_log, 20),
-            tail(&daemon_log, 20)
-        );
-        if firmware.is_some() {
-            s += &format!("\nOVMF debugcon:\n{}", tail(&debugcon_log, 40));
-        }
-        s
+            tail(&daemon_log, 20),
+            tail(&debugcon_log, 40)
+        )
     };
 
     let timeout = match case.firmware {

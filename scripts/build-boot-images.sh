@@ -34,7 +34,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 GUEST_DIR=${GUEST_DIR:-$ROOT/build/guest}
-OUT=${BOOT_IMAGES_DIR:-$ROOT/build/boot}
+OUT=$ROOT/build/boot
 STAMP="$OUT/stamp"
 GRUB_LIB=/usr/lib/grub
 

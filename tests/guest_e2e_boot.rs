@@ -14,16 +14,18 @@
 //! `-no-reboot`) and that the daemon logged no error and exits 0 on SIGTERM.
 //!
 //! * `guest_e2e_boot_bios`: SeaBIOS (pc), 2 request queues (SeaBIOS drives
-//!   the first one only).
+//!   the first one only), a copy of bios.img as LUN 0 and a blank data disk
+//!   as LUN 1.
 //! * `guest_e2e_boot_efi`: OVMF (q35, OVMF_CODE + a copy of OVMF_VARS, no
-//!   NVRAM boot entry: OVMF finds the fallback path by itself), 2 queues; the
-//!   boot option OVMF starts must be our disk (its INQUIRY product name).
+//!   NVRAM boot entry: OVMF finds the fallback path by itself), 2 queues, a
+//!   copy of efi.img as LUN 0 and a blank LUN 1; the first boot option OVMF
+//!   starts must be our LUN 0 (INQUIRY product name, `Scsi(0x0,0x0)`).
 //! * `guest_e2e_boot_bios_readonly`: SeaBIOS from `--disk IMG,readonly`, the
 //!   cached image itself (a golden image shared read-only).
 //!
-//! Each case prints its timings (image build, QEMU start to GRUB, to the
-//! marker, to QEMU's exit) on stderr, uncaptured, and appends them to
-//! `boot-timings.txt` in the guest logs dir.
+//! The image build's time and each case's timings (QEMU start to GRUB, to
+//! the marker, the kernel's share, to QEMU's exit) go to stderr, uncaptured,
+//! and to `boot-timings.txt` in the guest logs dir.
 //!
 //! Needs `scripts/install-deps.sh && scripts/build-guest.sh` (the kernel is
 //! the test guest's); without the tools the tests print "SKIPPED" and pass,
@@ -125,10 +127,7 @@ fn boot_images() -> Result<PathBuf, String> {
     let secs = start.elapsed().as_secs_f64();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    println!(
-        "----- build-boot-images.sh ({:.1} s) -----\n{stdout}{stderr}",
-        secs
-    );
+    println!("----- build-boot-images.sh ({secs:.1} s) -----\n{stdout}{stderr}");
     let r = match out.status.code() {
         Some(0) => {
             report(&format!(

@@ -34,6 +34,18 @@ declare -A MAIN_PKGS=(
     [coreutils]=/usr/bin/dd
     [gzip]=/usr/bin/gzip
     [python3]=/usr/bin/python3
+    [python3-pytest]=/usr/lib/python3/dist-packages/pytest/__init__.py  # python/tests (/usr/bin/python3)
+)
+
+# Boot-from-volume images (scripts/build-boot-images.sh, tests/guest_e2e_boot.rs):
+# GRUB for BIOS and UEFI (grub-common's grub-mkimage comes with them), OVMF,
+# mtools (FAT without mounting), fdisk (sfdisk: MBR and GPT on image files).
+MAIN_PKGS+=(
+    [grub-pc-bin]=/usr/lib/grub/i386-pc/boot.img
+    [grub-efi-amd64-bin]=/usr/lib/grub/x86_64-efi/fat.mod
+    [ovmf]=/usr/share/OVMF/OVMF_CODE_4M.fd
+    [mtools]=/usr/bin/mcopy
+    [fdisk]=/usr/sbin/sfdisk
 )
 
 qemu_ok() {

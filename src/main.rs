@@ -16,7 +16,7 @@ use vhost_user_scsi::mgmt::config;
 use vhost_user_scsi::mgmt::metrics::{MetricsAddr, MetricsServer};
 use vhost_user_scsi::mgmt::rpc_server::RpcServer;
 use vhost_user_scsi::mgmt::state::StateFile;
-use vhost_user_scsi::mgmt::Manager;
+use vhost_user_scsi::mgmt::{validate, Manager, SocketDefaults};
 use vhost_user_scsi::scsi::{DirPrStore, PrStore};
 
 fn main() -> ExitCode {
@@ -100,6 +100,22 @@ fn run_serve(args: &ServeArgs) -> anyhow::Result<()> {
         None => config::Config::default(),
     };
     let rpc_socket = args.rpc_socket.clone().or(file.rpc_socket.clone());
+    // The config file's values were checked when it was loaded.
+    if let Some(g) = &args.socket_group {
+        validate::socket_group(g).map_err(|e| anyhow::anyhow!("--socket-group: {e}"))?;
+    }
+    if let Some(m) = &args.socket_mode {
+        validate::socket_mode(m).map_err(|e| anyhow::anyhow!("--socket-mode: {e}"))?;
+    }
+    let rpc_gid = match (&args.rpc_socket_group, &file.rpc_socket_group) {
+        (Some(g), _) => Some(
+            validate::socket_group(g).map_err(|e| anyhow::anyhow!("--rpc-socket-group: {e}"))?,
+        ),
+        (None, Some(g)) => {
+            Some(validate::socket_group(g).map_err(|e| anyhow::anyhow!("rpc_socket_group: {e}"))?)
+        }
+        (None, None) => None,
+    };
     let metrics_addr: Option<MetricsAddr> = args
         .metrics_addr
         .clone()
@@ -187,7 +203,11 @@ fn run_serve(args: &ServeArgs) -> anyhow::Result<()> {
         )),
         None => None,
     };
-    let manager = Manager::with_state_file(pr_store, state_file);
+    let sockets = SocketDefaults {
+        group: args.socket_group.clone().or(file.socket_group.clone()),
+        mode: args.socket_mode.clone().or(file.socket_mode.clone()),
+    };
+    let manager = Manager::with_options(pr_store, state_file, sockets);
     let batch = manager.prepare_all(&list).map_err(|e| match &source {
         Some(path) => anyhow::anyhow!("{}: {}", path.display(), e.message),
         None => anyhow::anyhow!(e.message),
@@ -196,7 +216,7 @@ fn run_serve(args: &ServeArgs) -> anyhow::Result<()> {
         .save_state(&batch)
         .map_err(|e| anyhow::anyhow!(e.message))?;
     let rpc = match &rpc_socket {
-        Some(path) => Some(RpcServer::bind(path)?),
+        Some(path) => Some(RpcServer::bind(path, rpc_gid)?),
         None => None,
     };
     let metrics = match &metrics_addr {

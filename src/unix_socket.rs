@@ -22,11 +22,29 @@ fn temp_name(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.{}", std::process::id()))
 }
 
-/// Listen on `path`, which must not exist. With `mode`, the socket file has
-/// that mode from its creation on (no window in which others could
-/// connect). Returns the listener and the socket file's inode, for
+/// Who may connect to a socket: its file's mode and group. `None` keeps
+/// what bind(2) gives (the process umask, its group).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketAccess {
+    pub mode: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+impl SocketAccess {
+    /// Only the owner may connect.
+    pub const OWNER_ONLY: SocketAccess = SocketAccess {
+        mode: Some(0o600),
+        gid: None,
+    };
+}
+
+/// Listen on `path`, which must not exist. The socket file has the mode
+/// and group of `access` before it appears at `path` (no window in which
+/// others could connect, none in which the group's members could not).
+/// Returns the listener and the socket file's inode, for
 /// [`remove_if_ours`].
-pub fn listen_at(path: &Path, mode: Option<u32>) -> io::Result<(UnixListener, u64)> {
+pub fn listen_at(path: &Path, access: SocketAccess) -> io::Result<(UnixListener, u64)> {
+    let mode = access.mode;
     let tmp = temp_name(path);
     let _ = std::fs::remove_file(&tmp);
     let bind = |at: &Path| match mode {
@@ -47,6 +65,14 @@ pub fn listen_at(path: &Path, mode: Option<u32>) -> io::Result<(UnixListener, u6
     }
     let listener = bound?;
     let set_up = || -> io::Result<u64> {
+        if let Some(gid) = access.gid {
+            std::os::unix::fs::lchown(at, None, Some(gid)).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot give the socket to group {gid}: {e}"),
+                )
+            })?;
+        }
         if let Some(m) = mode {
             std::fs::set_permissions(at, std::fs::Permissions::from_mode(m))?;
         }
@@ -84,7 +110,7 @@ mod tests {
     fn socket_listens_at_path_and_leaves_no_temporary_name() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.sock");
-        let (_l, ino) = listen_at(&path, Some(0o600)).unwrap();
+        let (_l, ino) = listen_at(&path, SocketAccess::OWNER_ONLY).unwrap();
         let meta = std::fs::symlink_metadata(&path).unwrap();
         assert!(meta.file_type().is_socket());
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
@@ -97,11 +123,27 @@ mod tests {
     }
 
     #[test]
+    fn group_and_mode_are_set_before_the_socket_appears() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.sock");
+        let gid = nix::unistd::getegid().as_raw();
+        let access = SocketAccess {
+            mode: Some(0o660),
+            gid: Some(gid),
+        };
+        let (_l, ino) = listen_at(&path, access).unwrap();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+        assert_eq!(meta.gid(), gid);
+        remove_if_ours(&path, ino);
+    }
+
+    #[test]
     fn an_existing_path_is_not_replaced() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.sock");
         std::fs::write(&path, b"x").unwrap();
-        assert!(listen_at(&path, None).is_err());
+        assert!(listen_at(&path, SocketAccess::default()).is_err());
         assert_eq!(std::fs::read(&path).unwrap(), b"x");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
         // Not ours: left alone.

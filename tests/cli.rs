@@ -106,6 +106,24 @@ fn bad_input_is_one_line_and_exit_1() {
         ),
         (with_socket(&[]), "--disk"),
         (
+            with_socket(&["--disk", good, "--socket-group", "no-such-group-here"]),
+            "--socket-group: no group named \"no-such-group-here\"",
+        ),
+        (
+            with_socket(&["--disk", good, "--socket-mode", "0888"]),
+            "--socket-mode: socket mode \"0888\" is not an octal mode",
+        ),
+        (
+            vec![
+                "serve".into(),
+                "--rpc-socket".into(),
+                s.into(),
+                "--rpc-socket-group".into(),
+                "no-such-group-here".into(),
+            ],
+            "--rpc-socket-group: no group named",
+        ),
+        (
             // The state file holds every controller: not with --socket.
             with_socket(&["--disk", good, "--state-file", &state_file]),
             "cannot be combined with --socket",

@@ -32,6 +32,8 @@ impl MockApi {
             num_queues: 4,
             queue_size: 256,
             initiator: None,
+            socket_group: None,
+            socket_mode: None,
             connected: true,
             state: "connected".into(),
             last_error: None,
@@ -55,6 +57,8 @@ impl Api for MockApi {
             num_queues: p.num_queues.unwrap_or(4),
             queue_size: p.queue_size.unwrap_or(256),
             initiator: None,
+            socket_group: None,
+            socket_mode: None,
             connected: false,
             state: "listening".into(),
             last_error: None,
@@ -165,7 +169,10 @@ fn serve() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("rpc.sock");
     let api = Arc::new(MockApi::default());
-    let handle = RpcServer::bind(&path).unwrap().spawn(api.clone()).unwrap();
+    let handle = RpcServer::bind(&path, None)
+        .unwrap()
+        .spawn(api.clone())
+        .unwrap();
     Fixture {
         _dir: dir,
         path,
@@ -372,7 +379,7 @@ fn socket_mode_is_0600() {
 #[test]
 fn second_bind_on_a_live_socket_is_refused() {
     let f = serve();
-    let e = RpcServer::bind(&f.path).unwrap_err();
+    let e = RpcServer::bind(&f.path, None).unwrap_err();
     assert!(matches!(e, RpcServerError::InUse(_)), "{e:?}");
     assert!(e
         .to_string()
@@ -390,7 +397,7 @@ fn stale_socket_is_replaced_and_other_files_are_not() {
     let path = dir.path().join("rpc.sock");
     drop(UnixListener::bind(&path).unwrap());
     assert!(path.exists());
-    let handle = RpcServer::bind(&path)
+    let handle = RpcServer::bind(&path, None)
         .unwrap()
         .spawn(Arc::new(MockApi::default()))
         .unwrap();
@@ -402,7 +409,7 @@ fn stale_socket_is_replaced_and_other_files_are_not() {
 
     let file = dir.path().join("plain");
     std::fs::write(&file, b"x").unwrap();
-    let e = RpcServer::bind(&file).unwrap_err();
+    let e = RpcServer::bind(&file, None).unwrap_err();
     assert!(matches!(e, RpcServerError::NotASocket(_)), "{e:?}");
     assert_eq!(std::fs::read(&file).unwrap(), b"x");
 }
@@ -477,7 +484,7 @@ fn connections_over_the_limit_are_refused() {
 fn bind_creates_the_directory() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("run/vhost-user-scsi/rpc.sock");
-    let handle = RpcServer::bind(&path)
+    let handle = RpcServer::bind(&path, None)
         .unwrap()
         .spawn(Arc::new(MockApi::default()))
         .unwrap();

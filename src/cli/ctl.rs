@@ -55,6 +55,13 @@ pub enum CtlCommand {
         /// socket path); the same on both controllers of a live migration.
         #[arg(long, value_name = "ID")]
         initiator: Option<String>,
+        /// Group of the socket file (default: the daemon's --socket-group).
+        #[arg(long, value_name = "GROUP")]
+        socket_group: Option<String>,
+        /// Mode of the socket file, octal (default: the daemon's
+        /// --socket-mode, else 0660 with a group).
+        #[arg(long, value_name = "MODE")]
+        socket_mode: Option<String>,
     },
     /// Delete a controller and its LUNs.
     #[command(name = "controller_delete", alias = "controller-delete")]
@@ -178,12 +185,16 @@ pub fn request(cmd: &CtlCommand) -> anyhow::Result<(String, Option<Value>)> {
             num_queues,
             queue_size,
             initiator,
+            socket_group,
+            socket_mode,
         } => Some(serde_json::to_value(ControllerCreate {
             name: name.clone(),
             socket: absolute(socket)?,
             num_queues: *num_queues,
             queue_size: *queue_size,
             initiator: initiator.clone(),
+            socket_group: socket_group.clone(),
+            socket_mode: socket_mode.clone(),
         })?),
         CtlCommand::ControllerDelete { name, force } => {
             Some(serde_json::to_value(ControllerDelete {
@@ -716,6 +727,8 @@ mod tests {
                 num_queues: 4,
                 queue_size: 256,
                 initiator: None,
+                socket_group: None,
+                socket_mode: None,
                 connected: true,
                 state: "connected".into(),
                 last_error: None,
@@ -727,6 +740,8 @@ mod tests {
                 num_queues: 1,
                 queue_size: 128,
                 initiator: None,
+                socket_group: None,
+                socket_mode: None,
                 connected: false,
                 state: "retrying".into(),
                 last_error: Some("cannot create the backend: Too many open files".into()),

@@ -86,6 +86,22 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ID")]
     pub initiator: Option<String>,
 
+    /// Group of every controller socket (a name or a gid), so that QEMU
+    /// running as a member may connect (libvirt's QEMU: `kvm`); the sockets
+    /// get mode 0660 unless --socket-mode says otherwise. A controller's
+    /// own `socket_group` wins.
+    #[arg(long, value_name = "GROUP")]
+    pub socket_group: Option<String>,
+
+    /// Mode of every controller socket, octal (e.g. 0660). A controller's
+    /// own `socket_mode` wins.
+    #[arg(long, value_name = "MODE")]
+    pub socket_mode: Option<String>,
+
+    /// Group of the JSON-RPC socket, which then has mode 0660 (else 0600).
+    #[arg(long, value_name = "GROUP", requires = "rpc_socket")]
+    pub rpc_socket_group: Option<String>,
+
     /// Keep every controller and LUN in this JSON file: rewritten
     /// (atomically) after each change over JSON-RPC, loaded at start. Not
     /// with --socket or [[controller]] tables in --config.
@@ -165,6 +181,8 @@ impl ServeArgs {
             num_queues: Some(self.num_queues),
             queue_size: Some(self.queue_size),
             initiator: self.initiator.clone(),
+            socket_group: None,
+            socket_mode: None,
         };
         Ok(Some((create, luns)))
     }

@@ -27,6 +27,15 @@ pub struct ControllerCreate {
     /// migration the same value, so the guest keeps its reservations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initiator: Option<String>,
+    /// Group of the socket file (a name or a gid), so that a QEMU running
+    /// as a member (libvirt's `libvirt-qemu` is in `kvm`) may connect;
+    /// default: the daemon's `--socket-group`, else the daemon's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_group: Option<String>,
+    /// Mode of the socket file, octal (`"0660"`); default: the daemon's
+    /// `--socket-mode`, else 0660 with a group, else what the umask gives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_mode: Option<String>,
 }
 
 /// `controller_delete` parameters.
@@ -143,6 +152,13 @@ pub struct ControllerInfo {
     /// The initiator identity, when one was given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initiator: Option<String>,
+    /// The socket file's group, when one was set (given or the daemon's
+    /// default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_group: Option<String>,
+    /// The socket file's mode (octal), when one was set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_mode: Option<String>,
     /// A frontend (QEMU) is connected.
     pub connected: bool,
     /// `listening`, `connected`, `retrying` (an error stopped the last

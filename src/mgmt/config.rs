@@ -51,6 +51,12 @@ pub struct Config {
     pub pr_state: Option<PathBuf>,
     /// The state file (`--state-file`, [`super::state`]).
     pub state_file: Option<PathBuf>,
+    /// Group of every controller socket (`--socket-group`).
+    pub socket_group: Option<String>,
+    /// Mode of every controller socket (`--socket-mode`).
+    pub socket_mode: Option<String>,
+    /// Group of the RPC socket, then mode 0660 (`--rpc-socket-group`).
+    pub rpc_socket_group: Option<String>,
     /// The `[[controller]]` tables, in file order.
     pub controllers: Vec<ControllerConfig>,
 }
@@ -214,6 +220,12 @@ struct RawConfig {
     #[serde(default)]
     state_file: Option<Spanned<PathBuf>>,
     #[serde(default)]
+    socket_group: Option<Spanned<String>>,
+    #[serde(default)]
+    socket_mode: Option<Spanned<String>>,
+    #[serde(default)]
+    rpc_socket_group: Option<Spanned<String>>,
+    #[serde(default)]
     controller: Vec<RawController>,
 }
 
@@ -228,6 +240,10 @@ struct RawController {
     queue_size: Option<Spanned<u16>>,
     #[serde(default)]
     initiator: Option<Spanned<String>>,
+    #[serde(default)]
+    socket_group: Option<Spanned<String>>,
+    #[serde(default)]
+    socket_mode: Option<Spanned<String>>,
     #[serde(default)]
     lun: Vec<RawLun>,
 }
@@ -288,6 +304,21 @@ impl RawConfig {
         if let Some(p) = &self.state_file {
             field(p, || "state_file".into(), |p| validate::path(p))?;
         }
+        for (g, key) in [
+            (&self.socket_group, "socket_group"),
+            (&self.rpc_socket_group, "rpc_socket_group"),
+        ] {
+            if let Some(g) = g {
+                field(g, || key.into(), |g| validate::socket_group(g).map(drop))?;
+            }
+        }
+        if let Some(m) = &self.socket_mode {
+            field(
+                m,
+                || "socket_mode".into(),
+                |m| validate::socket_mode(m).map(drop),
+            )?;
+        }
         // Name -> index of the controller using it; socket -> key using it.
         let mut names: HashMap<&str, usize> = HashMap::new();
         let mut sockets: HashMap<PathBuf, String> = HashMap::new();
@@ -338,6 +369,20 @@ impl RawConfig {
             if let Some(i) = &c.initiator {
                 field(i, || key("initiator"), |i| validate::initiator(i))?;
             }
+            if let Some(g) = &c.socket_group {
+                field(
+                    g,
+                    || key("socket_group"),
+                    |g| validate::socket_group(g).map(drop),
+                )?;
+            }
+            if let Some(m) = &c.socket_mode {
+                field(
+                    m,
+                    || key("socket_mode"),
+                    |m| validate::socket_mode(m).map(drop),
+                )?;
+            }
             if let Some(n) = &c.queue_size {
                 field(n, || key("queue_size"), |&n| validate::queue_size(n))?;
             }
@@ -375,6 +420,9 @@ impl RawConfig {
             metrics_addr: self.metrics_addr.map(Spanned::into_inner),
             pr_state: self.pr_state.map(Spanned::into_inner),
             state_file: self.state_file.map(Spanned::into_inner),
+            socket_group: self.socket_group.map(Spanned::into_inner),
+            socket_mode: self.socket_mode.map(Spanned::into_inner),
+            rpc_socket_group: self.rpc_socket_group.map(Spanned::into_inner),
             controllers: self
                 .controller
                 .into_iter()
@@ -385,6 +433,8 @@ impl RawConfig {
                         num_queues: c.num_queues.map(Spanned::into_inner),
                         queue_size: c.queue_size.map(Spanned::into_inner),
                         initiator: c.initiator.map(Spanned::into_inner),
+                        socket_group: c.socket_group.map(Spanned::into_inner),
+                        socket_mode: c.socket_mode.map(Spanned::into_inner),
                     },
                     luns: c
                         .lun
@@ -451,6 +501,9 @@ socket = "/run/vus/vm2.sock"
                 metrics_addr: Some("unix:/run/vus/metrics.sock".into()),
                 pr_state: Some("/var/lib/vus/pr".into()),
                 state_file: None,
+                socket_group: None,
+                socket_mode: None,
+                rpc_socket_group: None,
                 controllers: vec![
                     ControllerConfig {
                         create: ControllerCreate {
@@ -459,6 +512,8 @@ socket = "/run/vus/vm2.sock"
                             num_queues: Some(2),
                             queue_size: Some(128),
                             initiator: None,
+                            socket_group: None,
+                            socket_mode: None,
                         },
                         luns: vec![
                             LunSpec {
@@ -484,6 +539,8 @@ socket = "/run/vus/vm2.sock"
                             num_queues: None,
                             queue_size: None,
                             initiator: None,
+                            socket_group: None,
+                            socket_mode: None,
                         },
                         luns: vec![],
                     },
@@ -531,16 +588,40 @@ socket = "/run/vus/vm2.sock"
     }
 
     #[test]
+    fn socket_groups_and_modes() {
+        let c = parse(
+            &format!("socket_group = \"0\"\nsocket_mode = \"0666\"\n{CTL}socket_group = \"root\"\nsocket_mode = \"600\"\n"),
+            Path::new(FILE),
+        )
+        .unwrap();
+        assert_eq!(c.socket_group.as_deref(), Some("0"));
+        assert_eq!(c.socket_mode.as_deref(), Some("0666"));
+        assert_eq!(
+            c.controllers[0].create.socket_group.as_deref(),
+            Some("root")
+        );
+        assert_eq!(c.controllers[0].create.socket_mode.as_deref(), Some("600"));
+        assert_eq!(
+            error("socket_group = \"no-such-group-here\"\n"),
+            "/etc/vus.toml:1:16: socket_group: no group named \"no-such-group-here\" on this host"
+        );
+        assert!(error(&format!("{CTL}socket_mode = \"0999\"\n"))
+            .contains("controller[0].socket_mode: socket mode \"0999\" is not an octal mode"));
+    }
+
+    #[test]
     fn unknown_keys() {
         assert_eq!(
             error("\nfoo = 1\n"),
             "/etc/vus.toml:2:1: foo: unknown field `foo`, expected one of \
-             `rpc_socket`, `metrics_addr`, `pr_state`, `state_file`, `controller`"
+             `rpc_socket`, `metrics_addr`, `pr_state`, `state_file`, `socket_group`, \
+             `socket_mode`, `rpc_socket_group`, `controller`"
         );
         assert_eq!(
             error(&format!("{CTL}bogus = 1\n")),
             "/etc/vus.toml:4:1: controller[0].bogus: unknown field `bogus`, expected one of \
-             `name`, `socket`, `num_queues`, `queue_size`, `initiator`, `lun`"
+             `name`, `socket`, `num_queues`, `queue_size`, `initiator`, `socket_group`, \
+             `socket_mode`, `lun`"
         );
         let e = error(&format!(
             "{CTL}[[controller.lun]]\npath = \"/a\"\nread_only = true\n"

@@ -203,6 +203,8 @@ pub(crate) mod tests {
                 num_queues: p.num_queues.unwrap_or(4),
                 queue_size: p.queue_size.unwrap_or(256),
                 initiator: None,
+                socket_group: None,
+                socket_mode: None,
                 connected: false,
                 state: "listening".into(),
                 last_error: None,

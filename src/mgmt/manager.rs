@@ -32,6 +32,7 @@ use super::validate;
 use crate::block::Backing;
 use crate::scsi::{fnv1a64, LogicalUnit, NexusId, PrStore, Target};
 use crate::units::{BlockSize, ByteCount};
+use crate::unix_socket::SocketAccess;
 use crate::vhost::{
     bind, param_change, serve, sync_backing, transport_reset, Device, LunBacking, ServeError,
     ServerConfig, ServerState, ShutdownSignal, WriteGate, EVT_RESET_REMOVED, EVT_RESET_RESCAN,
@@ -49,6 +50,15 @@ struct Disk {
     block_size: BlockSize,
 }
 
+/// The daemon-wide group and mode of controller sockets (`serve
+/// --socket-group`, `--socket-mode`, or the config file's `socket_group`
+/// and `socket_mode`); a controller's own values win.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SocketDefaults {
+    pub group: Option<String>,
+    pub mode: Option<String>,
+}
+
 /// A controller before it listens: checked, disks open, LUNs attached.
 struct Prepared {
     name: String,
@@ -56,6 +66,14 @@ struct Prepared {
     num_queues: u16,
     queue_size: u16,
     initiator: Option<String>,
+    /// `socket_group` and `socket_mode` as given to `controller_create`
+    /// (what the state file keeps).
+    socket_group: Option<String>,
+    socket_mode: Option<String>,
+    /// In effect: the given values, else the daemon's defaults.
+    access: SocketAccess,
+    /// The effective group as named, and the mode, for `controller_list`.
+    shown_group: Option<String>,
     nexus: NexusId,
     device: Arc<Device>,
     luns: BTreeMap<u16, Arc<Disk>>,
@@ -106,6 +124,8 @@ pub struct Manager {
     pr_store: Option<Arc<dyn PrStore>>,
     /// Where every change is recorded (`--state-file`).
     state_file: Option<StateFile>,
+    /// `--socket-group`, `--socket-mode`.
+    sockets: SocketDefaults,
     stop: Mutex<bool>,
     stop_cv: Condvar,
 }
@@ -142,20 +162,23 @@ impl Manager {
     /// A daemon with no controllers; persistent reservations (APTPL) are
     /// saved in `pr_store` when given.
     pub fn new(pr_store: Option<Arc<dyn PrStore>>) -> Arc<Self> {
-        Self::with_state_file(pr_store, None)
+        Self::with_options(pr_store, None, SocketDefaults::default())
     }
 
     /// As [`Manager::new`]; with `state_file`, every controller and LUN
     /// created or removed through [`Api`] is recorded there before the
-    /// call answers.
-    pub fn with_state_file(
+    /// call answers. `sockets`: the group and mode of controller sockets
+    /// whose `controller_create` does not say.
+    pub fn with_options(
         pr_store: Option<Arc<dyn PrStore>>,
         state_file: Option<StateFile>,
+        sockets: SocketDefaults,
     ) -> Arc<Self> {
         Arc::new(Manager {
             state: Mutex::new(State::default()),
             pr_store,
             state_file,
+            sockets,
             stop: Mutex::new(false),
             stop_cv: Condvar::new(),
         })
@@ -262,6 +285,8 @@ impl Manager {
                 num_queues: Some(p.num_queues),
                 queue_size: Some(p.queue_size),
                 initiator: p.initiator.clone(),
+                socket_group: p.socket_group.clone(),
+                socket_mode: p.socket_mode.clone(),
                 luns: p
                     .luns
                     .iter()
@@ -351,6 +376,7 @@ impl Manager {
             )));
         }
         check_socket_free(&create.socket)?;
+        let (access, shown_group) = self.socket_access(create)?;
         let device = Arc::new(Device::new(
             Target::empty(self.pr_store.clone()),
             Vec::new(),
@@ -361,6 +387,10 @@ impl Manager {
             num_queues,
             queue_size,
             initiator: create.initiator.clone(),
+            socket_group: create.socket_group.clone(),
+            socket_mode: create.socket_mode.clone(),
+            access,
+            shown_group,
             nexus,
             device,
             luns: BTreeMap::new(),
@@ -377,9 +407,36 @@ impl Manager {
         Ok(p)
     }
 
+    /// The group and mode of `create`'s socket: its own, else the
+    /// daemon's defaults; a group and no mode is 0660. Also the group as
+    /// named, for `controller_list`.
+    fn socket_access(
+        &self,
+        create: &ControllerCreate,
+    ) -> Result<(SocketAccess, Option<String>), ApiError> {
+        let (group, group_key) = match &create.socket_group {
+            Some(g) => (Some(g), "socket_group"),
+            None => (self.sockets.group.as_ref(), "the daemon's --socket-group"),
+        };
+        let gid = group
+            .map(|g| validate::socket_group(g))
+            .transpose()
+            .map_err(|e| invalid(group_key, e))?;
+        let (mode, mode_key) = match &create.socket_mode {
+            Some(m) => (Some(m), "socket_mode"),
+            None => (self.sockets.mode.as_ref(), "the daemon's --socket-mode"),
+        };
+        let mode = mode
+            .map(|m| validate::socket_mode(m))
+            .transpose()
+            .map_err(|e| invalid(mode_key, e))?
+            .or(gid.map(|_| validate::GROUP_SOCKET_MODE));
+        Ok((SocketAccess { mode, gid }, group.cloned()))
+    }
+
     /// Bind the socket and start serving.
     fn start(&self, p: Prepared) -> Result<Controller, ApiError> {
-        let listener = bind(&p.socket).map_err(|e| match e {
+        let listener = bind(&p.socket, p.access).map_err(|e| match e {
             ServeError::SocketInUse(_) => ApiError::exists(e.to_string()),
             other => ApiError::failed(other.to_string()),
         })?;
@@ -518,6 +575,8 @@ impl Manager {
             num_queues: p.num_queues,
             queue_size: p.queue_size,
             initiator: p.initiator.clone(),
+            socket_group: p.shown_group.clone(),
+            socket_mode: p.access.mode.map(|m| format!("{m:04o}")),
             connected: c.server.connected(),
             state: c.server.health().state.as_str().to_string(),
             last_error: c.server.health().last_error,

@@ -42,7 +42,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use super::api::Stats;
-use crate::unix_socket::listen_at;
+use crate::unix_socket::{listen_at, SocketAccess};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// Content type of the OpenMetrics text format that [`render`] produces.
@@ -338,7 +338,7 @@ impl MetricsServer {
                 remove_stale_socket(p)?;
                 // Mode 0600 from its creation; the file appears once it
                 // listens.
-                let (l, _ino) = listen_at(p, Some(0o600)).map_err(listen_err)?;
+                let (l, _ino) = listen_at(p, SocketAccess::OWNER_ONLY).map_err(listen_err)?;
                 if let Err(e) = l.set_nonblocking(true) {
                     let _ = std::fs::remove_file(p);
                     return Err(listen_err(e));

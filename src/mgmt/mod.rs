@@ -24,4 +24,4 @@ pub mod rpc_server;
 pub mod state;
 pub mod validate;
 
-pub use manager::{nexus_of, Batch, Manager};
+pub use manager::{nexus_of, Batch, Manager, SocketDefaults};

@@ -42,7 +42,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::api::{code, Api, ApiError};
 use super::dispatch::dispatch;
-use crate::unix_socket::{listen_at, remove_if_ours};
+use crate::unix_socket::{listen_at, remove_if_ours, SocketAccess};
 
 /// Where `serve` listens and `ctl` connects unless told otherwise.
 pub const DEFAULT_RPC_SOCKET: &str = "/run/vhost-user-scsi/rpc.sock";
@@ -86,10 +86,11 @@ pub struct RpcServer {
 }
 
 impl RpcServer {
-    /// Listen on `path`, a socket file of mode 0600 (its directory is
-    /// created if missing). A stale socket (no process accepts on it) is
-    /// replaced; a live one, or a file that is not a socket, is an error.
-    pub fn bind(path: &Path) -> Result<RpcServer, RpcServerError> {
+    /// Listen on `path`, a socket file of mode 0600, or 0660 and group
+    /// `gid` (its directory is created if missing). A stale socket (no
+    /// process accepts on it) is replaced; a live one, or a file that is
+    /// not a socket, is an error.
+    pub fn bind(path: &Path, gid: Option<u32>) -> Result<RpcServer, RpcServerError> {
         match std::fs::symlink_metadata(path) {
             Ok(meta) if !meta.file_type().is_socket() => {
                 return Err(RpcServerError::NotASocket(path.to_owned()))
@@ -125,9 +126,16 @@ impl RpcServer {
                 .create(dir)
                 .map_err(bind_err)?;
         }
-        // The socket has mode 0600 from its creation, and appears only once
-        // it listens.
-        let (listener, ino) = listen_at(path, Some(0o600)).map_err(bind_err)?;
+        // The socket has its mode and group from its creation, and appears
+        // only once it listens.
+        let access = match gid {
+            Some(gid) => SocketAccess {
+                mode: Some(0o660),
+                gid: Some(gid),
+            },
+            None => SocketAccess::OWNER_ONLY,
+        };
+        let (listener, ino) = listen_at(path, access).map_err(bind_err)?;
         if let Err(e) = listener.set_nonblocking(true) {
             remove_if_ours(path, ino);
             return Err(bind_err(e));

@@ -83,6 +83,10 @@ pub struct SavedController {
     pub queue_size: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initiator: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_mode: Option<String>,
     /// The LUNs, as `lun_add` would be given them.
     #[serde(default)]
     pub luns: Vec<LunSpec>,
@@ -98,6 +102,8 @@ impl SavedController {
                 num_queues: self.num_queues,
                 queue_size: self.queue_size,
                 initiator: self.initiator,
+                socket_group: self.socket_group,
+                socket_mode: self.socket_mode,
             },
             self.luns,
         )
@@ -397,6 +403,8 @@ mod tests {
                     name: "vm1".into(),
                     socket: "/run/vus/vm1.sock".into(),
                     initiator: None,
+                    socket_group: None,
+                    socket_mode: None,
                     num_queues: Some(2),
                     queue_size: Some(128),
                     luns: vec![
@@ -413,6 +421,8 @@ mod tests {
                     name: "vm2".into(),
                     socket: "/run/vus/vm2.sock".into(),
                     initiator: None,
+                    socket_group: None,
+                    socket_mode: None,
                     num_queues: Some(4),
                     queue_size: Some(256),
                     luns: vec![],

@@ -118,6 +118,41 @@ pub fn serial(s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A socket's group: a group name or a numeric gid. Returns the gid.
+pub fn socket_group(group: &str) -> Result<u32, String> {
+    if group.is_empty() {
+        return Err("group name is empty".into());
+    }
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(None) => Err(format!("no group named {group:?} on this host")),
+        Err(e) => Err(format!("cannot look up group {group:?}: {e}")),
+    }
+}
+
+/// A socket's mode: octal digits such as `0660`, at most `0777`.
+pub fn socket_mode(mode: &str) -> Result<u32, String> {
+    let digits = mode.strip_prefix("0o").unwrap_or(mode);
+    let bad =
+        || format!("socket mode {mode:?} is not an octal mode from 0000 to 0777 (e.g. \"0660\")");
+    if digits.is_empty() || digits.len() > 4 || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b))
+    {
+        return Err(bad());
+    }
+    let m = u32::from_str_radix(digits, 8).map_err(|_| bad())?;
+    if m > 0o777 {
+        return Err(bad());
+    }
+    Ok(m)
+}
+
+/// Mode of a controller socket that has a group and no explicit mode:
+/// owner and group may connect.
+pub const GROUP_SOCKET_MODE: u32 = 0o660;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,5 +230,21 @@ mod tests {
         assert!(serial("tab\there").is_err());
         assert!(serial("del\x7f").is_err());
         assert!(serial("é").is_err());
+    }
+
+    #[test]
+    fn socket_groups_and_modes() {
+        assert_eq!(socket_group("0"), Ok(0));
+        assert_eq!(socket_group("root"), Ok(0));
+        assert!(socket_group("no-such-group-here")
+            .unwrap_err()
+            .contains("no group named"));
+        assert!(socket_group("").is_err());
+        assert_eq!(socket_mode("0660"), Ok(0o660));
+        assert_eq!(socket_mode("660"), Ok(0o660));
+        assert_eq!(socket_mode("0o600"), Ok(0o600));
+        for bad in ["", "0668", "1777", "rw", "07777", "-1"] {
+            assert!(socket_mode(bad).is_err(), "{bad}");
+        }
     }
 }

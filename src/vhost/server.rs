@@ -24,7 +24,7 @@ use super::sigbus::FaultCell;
 use super::stats::QueueStats;
 use crate::block::BlockError;
 use crate::scsi::NexusId;
-use crate::unix_socket::{listen_at, remove_if_ours};
+use crate::unix_socket::{listen_at, remove_if_ours, SocketAccess};
 
 /// What `serve` needs besides the device.
 #[derive(Clone, Debug)]
@@ -213,8 +213,9 @@ impl Drop for SocketListener {
 
 /// Bind the vhost-user socket, refusing a path that a live process serves
 /// (a stale socket file is replaced). The file appears only once the
-/// socket listens, so a frontend that waits for it is never refused.
-pub fn bind(path: &Path) -> Result<SocketListener, ServeError> {
+/// socket listens, so a frontend that waits for it is never refused; it
+/// has the group and mode of `access` from then on.
+pub fn bind(path: &Path, access: SocketAccess) -> Result<SocketListener, ServeError> {
     let listen_err = |e: io::Error| ServeError::Listen {
         path: path.to_owned(),
         source: vhost::vhost_user::Error::SocketError(e),
@@ -231,7 +232,7 @@ pub fn bind(path: &Path) -> Result<SocketListener, ServeError> {
         }
         Err(_) => {}
     }
-    let (listener, ino) = listen_at(path, None).map_err(listen_err)?;
+    let (listener, ino) = listen_at(path, access).map_err(listen_err)?;
     Ok(SocketListener {
         listener: Listener::from(listener),
         path: path.to_owned(),
@@ -477,6 +478,8 @@ fn serve_connection(
     // (dropping the handler joins them).
     backend.drain_all();
     *server.current() = None;
+    // `connected` and `state` change together (controller_list shows both).
+    server.set_state(ControllerState::Listening);
     match Arc::try_unwrap(handler) {
         Ok(h) => drop(h.into_inner().unwrap_or_else(|p| p.into_inner())),
         Err(_) => tracing::error!("protocol handler still referenced at disconnect"),

@@ -19,11 +19,6 @@ QEMU_MIN_MINOR=2
 
 # Packages from the main suite (package name -> a file that proves it is installed).
 declare -A MAIN_PKGS=(
-    # libvirt without libvirt-daemon-system (that one pulls systemd in):
-    # the users it would make are made below.
-    [libvirt-daemon]=/usr/sbin/virtlogd
-    [libvirt-daemon-driver-qemu]=/usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_qemu.so
-    [libvirt-clients]=/usr/bin/virsh
     [busybox-static]=/bin/busybox
     [cpio]=/usr/bin/cpio
     [kmod]=/usr/sbin/depmod
@@ -46,6 +41,15 @@ MAIN_PKGS+=(
     [ovmf]=/usr/share/OVMF/OVMF_CODE_4M.fd
     [mtools]=/usr/bin/mcopy
     [fdisk]=/usr/sbin/sfdisk
+)
+
+# libvirt (README "### libvirt", docs/libvirt.md, tests/guest_e2e_libvirt.rs):
+# libvirtd and virtlogd, the QEMU driver, virsh. Not libvirt-daemon-system:
+# it pulls systemd in; the user it would make is made below.
+MAIN_PKGS+=(
+    [libvirt-daemon]=/usr/sbin/virtlogd
+    [libvirt-daemon-driver-qemu]=/usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_qemu.so
+    [libvirt-clients]=/usr/bin/virsh
 )
 
 qemu_ok() {

@@ -210,3 +210,28 @@ fn config_file_and_state_file_keep_the_group() {
     assert_eq!(mode_and_gid(&s2), (0o660, GID), "{}", d.log());
     assert_eq!(d.stop(), Some(0));
 }
+
+#[test]
+fn a_missing_socket_directory_is_created() {
+    let mut d = Daemon::start_with(
+        |dir| {
+            let img = image(dir, "a.img", 1 << 20);
+            vec![
+                "--socket".into(),
+                dir.join("run/vus/vm1.sock").display().to_string(),
+                "--disk".into(),
+                img.display().to_string(),
+                "--socket-group".into(),
+                GROUP.into(),
+            ]
+        },
+        "run/vus/vm1.sock",
+    );
+    let dir = d.path("run/vus");
+    assert_eq!(
+        fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+        0o755
+    );
+    assert_eq!(mode_and_gid(&d.socket), (0o660, GID));
+    assert_eq!(d.stop(), Some(0));
+}

@@ -4,7 +4,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -230,7 +230,20 @@ pub fn bind(path: &Path, access: SocketAccess) -> Result<SocketListener, ServeEr
             }
             std::fs::remove_file(path).map_err(listen_err)?;
         }
-        Err(_) => {}
+        Err(_) => {
+            // /run/vhost-user-scsi/ may not exist yet (no systemd
+            // RuntimeDirectory): create it as the RPC socket's is. The
+            // socket's own mode and group decide who may connect.
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                if !dir.exists() {
+                    std::fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o755)
+                        .create(dir)
+                        .map_err(listen_err)?;
+                }
+            }
+        }
     }
     let (listener, ino) = listen_at(path, access).map_err(listen_err)?;
     Ok(SocketListener {

@@ -97,6 +97,9 @@ pub enum CtlCommand {
         /// Unit serial number (default: derived from the path).
         #[arg(long)]
         serial: Option<String>,
+        /// SCSI passthrough of a host SCSI device (/dev/sdX, /dev/sgN).
+        #[arg(long)]
+        passthrough: bool,
     },
     /// Detach a LUN (waits for its in-flight I/O).
     #[command(name = "lun_remove", alias = "lun-remove")]
@@ -209,6 +212,7 @@ pub fn request(cmd: &CtlCommand) -> anyhow::Result<(String, Option<Value>)> {
             readonly,
             block_size,
             serial,
+            passthrough,
         } => Some(serde_json::to_value(LunAdd {
             controller: controller.clone(),
             lun: *lun,
@@ -216,6 +220,7 @@ pub fn request(cmd: &CtlCommand) -> anyhow::Result<(String, Option<Value>)> {
             readonly: *readonly,
             block_size: block_size.as_deref().map(str::parse).transpose()?,
             serial: serial.clone(),
+            passthrough: *passthrough,
         })?),
         CtlCommand::LunRemove { controller, lun } => Some(serde_json::to_value(LunRemove {
             controller: controller.clone(),

@@ -173,6 +173,7 @@ impl ServeArgs {
                 readonly: d.readonly,
                 block_size: d.block_size.map(|b| b.bytes()),
                 serial: d.serial.clone(),
+                passthrough: d.passthrough,
             })
             .collect();
         let create = ControllerCreate {

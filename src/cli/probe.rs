@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use crate::frontend::{DataDir, FrontendConfig, ScsiFrontend};
+use crate::frontend::{DataDir, FrontendConfig, ScsiFrontend, ScsiRequest};
 use crate::virtio_scsi::T_TMF_LOGICAL_UNIT_RESET;
 
 /// Options of `probe`.
@@ -30,7 +30,8 @@ pub struct ProbeArgs {
     /// Data-in buffer bytes.
     #[arg(long, value_name = "BYTES")]
     pub data_in: Option<u32>,
-    /// Data-out bytes, in hex.
+    /// Data-out bytes, in hex (with `--data-in` too: a bidirectional
+    /// request).
     #[arg(long, value_name = "HEX")]
     pub data_out: Option<String>,
     /// Also write the transferred data-in to this file.
@@ -81,12 +82,15 @@ pub fn main(args: &ProbeArgs) -> anyhow::Result<()> {
     )?;
     let out_data = args.data_out.as_deref().map(unhex).transpose()?;
     let dir = match (&out_data, args.data_in) {
-        (Some(_), Some(_)) => bail!("--data-in and --data-out together"),
-        (Some(d), None) => DataDir::ToDevice(d),
+        (Some(d), _) => DataDir::ToDevice(d),
         (None, Some(n)) => DataDir::FromDevice(n),
         (None, None) => DataDir::None,
     };
-    let r = fe.command(0, args.lun, &cdb, dir).context("command")?;
+    let mut req = ScsiRequest::new(args.lun, &cdb, dir);
+    if out_data.is_some() {
+        req.data_in_len = args.data_in.unwrap_or(0);
+    }
+    let r = fe.execute(0, &req).context("command")?;
     println!(
         "response={} status={:#04x} resid={} sense={}",
         r.response,

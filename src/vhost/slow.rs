@@ -269,6 +269,55 @@ mod tests {
         }
     }
 
+    /// What the pool adds to a passthrough command (docs/scsi.md,
+    /// "Passthrough"): the hand-off to a pool thread and back through the
+    /// eventfd, with a job that does nothing, at QD1 (wake-up latency) and
+    /// QD32 (throughput). `cargo test --release --lib pool_overhead --
+    /// --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn pool_overhead() {
+        use std::time::Instant;
+        let mut lane = SlowLane::new("bench-pool".into()).unwrap();
+        let fd = lane.event_fd();
+        let wait = |fd: RawFd| {
+            let mut p = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd for the duration of the call.
+            unsafe { libc::poll(&mut p, 1, 1000) };
+        };
+        let mut out = Vec::new();
+        for (qd, rounds) in [(1usize, 20_000usize), (32, 2_000)] {
+            let start = Instant::now();
+            let mut done = 0usize;
+            for r in 0..rounds {
+                for i in 0..qd {
+                    lane.submit_pass(
+                        (r * qd + i) as u64,
+                        Box::new(|| JobResult::good(Vec::new())),
+                    );
+                }
+                let mut got = 0;
+                while got < qd {
+                    wait(fd);
+                    out.clear();
+                    lane.reap(&mut out);
+                    got += out.len();
+                }
+                done += got;
+            }
+            let ns = start.elapsed().as_nanos() as f64 / done as f64;
+            println!(
+                "pool QD{qd}: {done} jobs, {:.1} us per job, {:.0} jobs/s",
+                ns / 1000.0,
+                1e9 / ns
+            );
+        }
+    }
+
     #[test]
     fn passthrough_pool_runs_jobs_concurrently_up_to_its_bound() {
         use std::sync::Barrier;

@@ -166,8 +166,17 @@ for lun in 0 1; do
     fi
 done
 
-# A bidirectional command is refused with a clear error (in the log).
-# (Our frontend has no bidirectional request; the unit test covers it.)
+# A bidirectional request (data-out and data-in buffers: XDWRITEREAD(10))
+# is refused: CHECK CONDITION, INVALID FIELD IN CDB, and a log line.
+probe_to /tmp/bidi --lun 0 --cdb "53 00 00 00 00 00 00 00 01 00" --data-out "$(printf '%01024d' 0)" --data-in 512
+info "bidirectional: $(tr '\n' ' ' </tmp/bidi | cut -c1-200)"
+expect_eq "bidirectional request refused (ILLEGAL REQUEST 24h)" \
+    "$(field status /tmp/bidi) $(field sense /tmp/bidi | cut -c5-6,25-26)" "0x02 0524"
+if grep -q "bidirectional passthrough command refused" "$LOG"; then
+    pass "bidirectional request: the daemon says why"
+else
+    fail "bidirectional request: the daemon says why" "$(tail -n 3 "$LOG" | tr '\n' ' ')"
+fi
 
 # LOGICAL UNIT RESET: SG_SCSI_RESET on the device.
 probe_to /tmp/reset --lun 0 --lun-reset

@@ -162,6 +162,13 @@ impl SgCommand {
         })
     }
 
+    /// The CDB.
+    pub fn cdb(&self) -> &[u8] {
+        self.cdb
+            .get(..usize::from(self.cdb_len))
+            .unwrap_or_default()
+    }
+
     /// Transfer length in bytes.
     pub fn len(&self) -> u32 {
         self.len
@@ -241,10 +248,30 @@ pub struct ScsiDevice {
     sg_path: PathBuf,
     /// `/dev/sdX` given: its size and logical block size.
     disk: Option<(u64, u32)>,
+    /// Largest transfer the host takes in one command, in the device's
+    /// logical blocks (the request queue's `max_sectors`, at most
+    /// [`MAX_TRANSFER`]).
+    max_transfer_blocks: u32,
 }
 
 nix::ioctl_read!(blkgetsize64, 0x12, 114, u64);
 nix::ioctl_read_bad!(blksszget, libc::BLKSSZGET, libc::c_int);
+/// `BLKSECTGET` (`_IO(0x12, 103)`); on an sg node it answers the request
+/// queue's `max_sectors` in bytes.
+const BLKSECTGET: libc::c_ulong = 0x1267;
+
+/// The logical block size of the disk behind the sg node `sg` (sysfs), if
+/// it has one.
+fn sg_block_size(sg: &Path) -> Option<u32> {
+    let name = sg.file_name()?.to_str()?;
+    let dir = std::fs::read_dir(format!("/sys/class/scsi_generic/{name}/device/block")).ok()?;
+    let disk = dir.flatten().next()?.path();
+    std::fs::read_to_string(disk.join("queue/logical_block_size"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
 
 fn invalid(path: &Path, msg: impl Into<String>) -> BlockError {
     BlockError::Invalid {
@@ -344,11 +371,12 @@ impl ScsiDevice {
         } else {
             (None, None)
         };
-        let dev = ScsiDevice {
+        let mut dev = ScsiDevice {
             io,
             sg,
             sg_path,
             disk,
+            max_transfer_blocks: 0,
         };
         let mut version: libc::c_int = 0;
         // SAFETY: SG_GET_VERSION_NUM writes one int into `version`, valid
@@ -361,6 +389,21 @@ impl ScsiDevice {
                 "does not answer as a SCSI generic (sg v3) device",
             ));
         }
+        let mut max_bytes: libc::c_int = 0;
+        // SAFETY: BLKSECTGET on an sg fd writes one int into `max_bytes`,
+        // valid for writes; the fd is open.
+        let rc = unsafe { libc::ioctl(dev.sg_file().as_raw_fd(), BLKSECTGET, &mut max_bytes) };
+        let max_bytes = match u64::try_from(max_bytes) {
+            Ok(b) if rc == 0 && b >= 512 => b.min(MAX_TRANSFER),
+            _ => MAX_TRANSFER,
+        };
+        let lbs = dev
+            .disk
+            .map(|(_, l)| l)
+            .or_else(|| sg_block_size(&dev.sg_path))
+            .filter(|l| *l >= 512)
+            .unwrap_or(512);
+        dev.max_transfer_blocks = u32::try_from(max_bytes / u64::from(lbs)).unwrap_or(u32::MAX);
         Ok(dev)
     }
 
@@ -376,6 +419,12 @@ impl ScsiDevice {
     /// For `/dev/sdX`: size in bytes and logical block size.
     pub fn disk_geometry(&self) -> Option<(u64, u32)> {
         self.disk
+    }
+
+    /// Largest transfer the host takes, in logical blocks: what the
+    /// guest is told in VPD page B0h.
+    pub fn max_transfer_blocks(&self) -> u32 {
+        self.max_transfer_blocks
     }
 
     /// The descriptor commands go to.

@@ -26,6 +26,10 @@ pub(crate) struct PassReply {
     pub dir: SgDir,
     /// A host-side failure, for the log.
     pub failure: Option<String>,
+    /// GOOD answer to INQUIRY VPD page B0h (Block Limits): the host's
+    /// transfer limit in blocks, to be applied with [`clamp_block_limits`]
+    /// before the guest sees the page.
+    pub block_limits: Option<u32>,
 }
 
 impl PassReply {
@@ -75,6 +79,7 @@ fn failed(len: u32, dir: SgDir, status: Status, sense: Option<Sense>, why: Strin
         len,
         dir,
         failure: Some(why),
+        block_limits: None,
     }
 }
 
@@ -132,18 +137,55 @@ pub(crate) fn reply(result: io::Result<SgAnswer>, len: u32, dir: SgDir) -> PassR
         len,
         dir,
         failure: None,
+        block_limits: None,
     }
+}
+
+/// INQUIRY with EVPD for page B0h (Block Limits)?
+fn is_block_limits(cdb: &[u8]) -> bool {
+    matches!(cdb, [0x12, evpd, 0xb0, ..] if evpd & 1 == 1)
+}
+
+/// What QEMU's `scsi-block` does with the device's Block Limits page: the
+/// guest must not send a transfer the host cannot take (SG_IO fails with
+/// EINVAL beyond the request queue's limit), so MAXIMUM TRANSFER LENGTH
+/// (bytes 8-11) and OPTIMAL TRANSFER LENGTH (12-15) become at most
+/// `host_max` blocks (0 from the device, "no limit", becomes `host_max`).
+/// `page` is the data-in as the device sent it; false when it is too short
+/// to hold the fields (left alone).
+pub(crate) fn clamp_block_limits(page: &mut [u8], host_max: u32) -> bool {
+    let field = |p: &[u8], at: usize| {
+        p.get(at..at + 4)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map(u32::from_be_bytes)
+    };
+    let (Some(max), Some(opt)) = (field(page, 8), field(page, 12)) else {
+        return false;
+    };
+    let min_non_zero = |v: u32| if v == 0 { host_max } else { v.min(host_max) };
+    let (max, opt) = (min_non_zero(max), min_non_zero(opt));
+    if let Some(b) = page.get_mut(8..12) {
+        b.copy_from_slice(&max.to_be_bytes());
+    }
+    if let Some(b) = page.get_mut(12..16) {
+        b.copy_from_slice(&opt.to_be_bytes());
+    }
+    true
 }
 
 /// The pool job for `cmd` on `backing`'s SCSI device.
 pub(crate) fn job(backing: Arc<Backing>, mut cmd: SgCommand) -> Job {
     Box::new(move || {
         let (len, dir) = (cmd.len(), cmd.dir());
-        let result = match backing.scsi_device() {
-            Some(dev) => dev.execute(&mut cmd),
-            None => Err(io::Error::from_raw_os_error(libc::ENODEV)),
+        let Some(dev) = backing.scsi_device() else {
+            let gone = Err(io::Error::from_raw_os_error(libc::ENODEV));
+            return JobResult::passthrough(reply(gone, len, dir));
         };
-        JobResult::passthrough(reply(result, len, dir))
+        let mut r = reply(dev.execute(&mut cmd), len, dir);
+        if r.good() && is_block_limits(cmd.cdb()) {
+            r.block_limits = Some(dev.max_transfer_blocks());
+        }
+        JobResult::passthrough(r)
     })
 }
 
@@ -189,6 +231,30 @@ mod tests {
             r.sense.get(12).copied().unwrap_or(0xff),
             r.sense.get(13).copied().unwrap_or(0xff),
         )
+    }
+
+    #[test]
+    fn block_limits_are_cut_to_the_hosts_transfer_limit() {
+        assert!(is_block_limits(&[0x12, 1, 0xb0, 0, 64, 0]));
+        assert!(!is_block_limits(&[0x12, 0, 0xb0, 0, 64, 0]));
+        assert!(!is_block_limits(&[0x12, 1, 0x83, 0, 64, 0]));
+        let mut page = [0u8; 64];
+        page[1] = 0xb0;
+        page[8..12].copy_from_slice(&0x3f_ffffu32.to_be_bytes());
+        assert!(clamp_block_limits(&mut page, 2560));
+        assert_eq!(page[8..12], 2560u32.to_be_bytes());
+        assert_eq!(page[12..16], 2560u32.to_be_bytes(), "0 (none) -> the limit");
+        page[8..12].copy_from_slice(&128u32.to_be_bytes());
+        page[12..16].copy_from_slice(&64u32.to_be_bytes());
+        assert!(clamp_block_limits(&mut page, 2560));
+        assert_eq!(
+            page[8..16],
+            [0, 0, 0, 128, 0, 0, 0, 64],
+            "smaller values stay"
+        );
+        let mut short = [0u8; 12];
+        assert!(!clamp_block_limits(&mut short, 2560));
+        assert_eq!(short, [0u8; 12]);
     }
 
     #[test]

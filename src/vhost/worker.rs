@@ -472,6 +472,19 @@ impl RequestWorker {
             warn_limited!(self.log, queue = self.index, lun = req.lun, error = %why, "passthrough command failed on the host");
         }
         let data_in = reply.data_in_len();
+        if let Some(max) = reply.block_limits {
+            // VPD B0h: the host's transfer limit (QEMU's scsi-block does
+            // the same).
+            let mut head = [0u8; 16];
+            let n = usize::try_from(data_in).unwrap_or(0).min(head.len());
+            if let Some(h) = head.get_mut(..n) {
+                if req.data_in.read_to(&req.mem, h).ok() == Some(n)
+                    && passthrough::clamp_block_limits(h, max)
+                {
+                    let _ = req.data_in.write_from(&req.mem, h);
+                }
+            }
+        }
         if let Some(d) = &self.dlog {
             d.mark_segments(&req.data_in, u64::from(data_in));
         }

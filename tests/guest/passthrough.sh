@@ -8,7 +8,8 @@
 # commands, `bench --verify` for I/O) drives them through the daemon's
 # socket, and the answers are compared with sg3_utils on the device itself:
 #   - INQUIRY, every VPD page the device lists, READ CAPACITY(10)/(16):
-#     byte for byte equal to sg_inq/sg_vpd/sg_readcap --raw on the device;
+#     byte for byte equal to sg_inq/sg_vpd/sg_readcap --raw on the device
+#     (Block Limits: with the host's transfer limit, as scsi-block does);
 #   - REPORT LUNS is ours (LUN 0, then LUNs 0 and 1);
 #   - a command the device rejects (READ beyond the end, an unknown VPD
 #     page) returns the device's own sense, the same sg_raw shows directly;
@@ -113,7 +114,24 @@ for lun in 0 1; do
         n=$(wc -c </tmp/vpd.dev)
         probe_to /tmp/vpd --lun "$lun" --cdb "12 01 $pg $(printf '%02x %02x' $((n >> 8)) $((n & 255))) 00" \
             --data-in "$n" --out /tmp/vpd.pt
-        same_bytes "$p VPD page 0x$pg = sg_vpd --raw" /tmp/vpd.dev /tmp/vpd.pt
+        if [ "$pg" = b0 ]; then
+            # Block Limits: MAXIMUM and OPTIMAL TRANSFER LENGTH become at
+            # most what the host's request queue takes (max_sectors_kb of
+            # the disk, in its logical blocks), as QEMU's scsi-block does.
+            lim=$(($(cat "/sys/block/$sd/queue/max_sectors_kb") * 1024))
+            [ "$lim" -gt 16777216 ] && lim=16777216
+            lim=$((lim / $(cat "/sys/block/$sd/queue/logical_block_size")))
+            d=$(hexof /tmp/vpd.dev)
+            dmax=$((0x$(echo "$d" | cut -c17-24)))
+            dopt=$((0x$(echo "$d" | cut -c25-32)))
+            [ "$dmax" -eq 0 ] || [ "$dmax" -gt "$lim" ] && dmax=$lim
+            [ "$dopt" -eq 0 ] || [ "$dopt" -gt "$lim" ] && dopt=$lim
+            want=$(echo "$d" | cut -c1-16)$(printf '%08x%08x' "$dmax" "$dopt")$(echo "$d" | cut -c33-)
+            expect_eq "$p VPD page 0xb0 = sg_vpd --raw with the host's transfer limit ($lim blocks)" \
+                "$(hexof /tmp/vpd.pt)" "$want"
+        else
+            same_bytes "$p VPD page 0x$pg = sg_vpd --raw" /tmp/vpd.dev /tmp/vpd.pt
+        fi
     done
     # The residual is the device's: QEMU's scsi-hd pads emulated data-in to
     # the allocation length (residual 0), as sg_raw on the device shows.

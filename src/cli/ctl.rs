@@ -305,7 +305,13 @@ pub fn render(cmd: &CtlCommand, result: Value) -> anyhow::Result<String> {
                 l.path.display(),
                 human_size(l.size),
                 l.block_size,
-                if l.readonly { ", read-only" } else { "" }
+                if l.readonly {
+                    ", read-only"
+                } else if l.passthrough {
+                    ", passthrough"
+                } else {
+                    ""
+                }
             )
         }
         CtlCommand::LunRemove { controller, lun } => {
@@ -720,6 +726,7 @@ mod tests {
             num_blocks: 131072,
             size: 64 << 20,
             serial: "s".into(),
+            passthrough: false,
         }
     }
 

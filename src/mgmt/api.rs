@@ -148,6 +148,11 @@ pub struct LunInfo {
     /// `num_blocks * block_size`.
     pub size: u64,
     pub serial: String,
+    /// A host SCSI device served with `passthrough` (size, block size and
+    /// serial are then only what the host knows; the device answers the
+    /// guest itself).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub passthrough: bool,
 }
 
 /// A controller (`controller_create`, `controller_list`).

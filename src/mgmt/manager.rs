@@ -584,6 +584,7 @@ impl Manager {
             num_blocks,
             size: num_blocks.saturating_mul(u64::from(disk.block_size.bytes())),
             serial: disk.unit.cfg.serial.clone(),
+            passthrough: disk.unit.cfg.passthrough,
         }
     }
 

@@ -18,6 +18,7 @@
 #   - LOGICAL UNIT RESET: FUNCTION COMPLETE, the daemon logs the device
 #     reset, commands work afterwards;
 #   - stats count the passthrough LUNs' reads and writes;
+#   - the state file keeps a passthrough LUN across kill -9;
 #   - the daemon refuses the disk's partition-less sibling paths that are
 #     not SCSI (/dev/null, a regular file) with one line.
 # shellcheck source=lib.sh
@@ -87,6 +88,8 @@ check "ctl lun_add --passthrough $sd as LUN 1 (hotplug)" \
 probe_to /tmp/rl --cdb "a0 00 00 00 00 00 00 00 01 00 00 00" --data-in 256
 expect_eq "REPORT LUNS (ours): LUNs 0 and 1" "$(field data /tmp/rl)" \
     "000000100000000000000000000000000001000000000000"
+n=$($VUS ctl --rpc-socket "$RPC" --json controller_list | tr -d ' \n' | grep -o '"passthrough":true' | wc -l)
+expect_eq "controller_list shows both LUNs as passthrough" "$n" "2"
 if $VUS ctl --rpc-socket "$RPC" lun_add --controller default --path /tmp/file.img --passthrough >/tmp/ctl.err 2>&1; then
     fail "lun_add --passthrough of a regular file refused" "accepted"
 else
@@ -231,4 +234,32 @@ if grep -qiE "panicked|ERROR" "$LOG"; then
 else
     pass "daemon log has no error"
 fi
+
+# The state file keeps a passthrough LUN: made over JSON-RPC, the daemon
+# killed (-9), a new daemon on the same file serves it again.
+STATE=/tmp/state.json
+SOCK2=/tmp/pt2.sock
+start_state_daemon() {
+    RUST_LOG=info $VUS serve --rpc-socket "$RPC" --state-file "$STATE" >>/tmp/vus2.log 2>&1 &
+    spid=$!
+    i=0
+    while [ ! -S "$RPC" ] && [ "$i" -lt 200 ]; do sleep 0.1; i=$((i + 1)); done
+}
+rm -f "$RPC"
+start_state_daemon
+check "state file: controller_create" $VUS ctl --rpc-socket "$RPC" controller_create --name vm2 --socket "$SOCK2" --num-queues 1
+check "state file: lun_add --passthrough $sg" \
+    $VUS ctl --rpc-socket "$RPC" lun_add --controller vm2 --path "$sg" --passthrough
+if grep -q '"passthrough": *true' "$STATE"; then pass "state file records passthrough"; else
+    fail "state file records passthrough" "$(tr -d '\n' <"$STATE")"; fi
+kill -9 "$spid"; wait "$spid" 2>/dev/null
+rm -f "$RPC" "$SOCK2"
+start_state_daemon
+i=0
+while [ ! -S "$SOCK2" ] && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+$VUS probe --socket "$SOCK2" --cdb "12 00 00 00 24 00" --data-in 36 --out /tmp/inq2.pt >/tmp/inq2 2>&1
+sg_inq --raw "$sg" >/tmp/inq2.dev 2>/dev/null
+same_bytes "after kill -9 and restart from the state file: INQUIRY of the passthrough LUN" /tmp/inq2.dev /tmp/inq2.pt
+kill "$spid"
+if wait "$spid"; then pass "state-file daemon exits 0 on SIGTERM"; else fail "state-file daemon exit" "$?"; fi
 finish

@@ -17,7 +17,8 @@
 #     back) on both LUNs;
 #   - LOGICAL UNIT RESET: FUNCTION COMPLETE, the daemon logs the device
 #     reset, commands work afterwards;
-#   - stats count the passthrough LUNs' reads and writes;
+#   - stats count the passthrough LUNs' reads and writes; lun_resize is
+#     refused, lun_remove unplugs LUN 1;
 #   - the state file keeps a passthrough LUN across kill -9;
 #   - the daemon refuses the disk's partition-less sibling paths that are
 #     not SCSI (/dev/null, a regular file) with one line.
@@ -226,6 +227,18 @@ case "$reads$writes" in
     *" 0 "*|"") fail "stats count passthrough reads and writes" "reads $reads writes $writes" ;;
     *) pass "stats count passthrough reads ($reads) and writes ($writes)" ;;
 esac
+
+# lun_resize is the device's business; lun_remove unplugs LUN 1.
+if $VUS ctl --rpc-socket "$RPC" lun_resize --controller default --lun 0 >/tmp/ctl.err 2>&1; then
+    fail "lun_resize of a passthrough LUN refused" "accepted"
+else
+    pass "lun_resize of a passthrough LUN refused: $(cat /tmp/ctl.err)"
+fi
+check "ctl lun_remove LUN 1 (hot-unplug)" $VUS ctl --rpc-socket "$RPC" lun_remove --controller default --lun 1
+probe_to /tmp/rl --cdb "a0 00 00 00 00 00 00 00 01 00 00 00" --data-in 256
+expect_eq "REPORT LUNS after lun_remove: LUN 0" "$(field data /tmp/rl)" "00000008000000000000000000000000"
+probe_to /tmp/gone --lun 1 --cdb "00 00 00 00 00 00"
+expect_eq "LUN 1 gone: LOGICAL UNIT NOT SUPPORTED" "$(field sense /tmp/gone | cut -c5-6,25-26)" "0525"
 
 kill "$vpid"
 if wait "$vpid"; then pass "daemon exits 0 on SIGTERM"; else fail "daemon exit" "$?"; fi

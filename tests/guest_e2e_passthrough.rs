@@ -10,7 +10,8 @@
 //! and READ CAPACITY(10)/(16) byte for byte equal to sg_inq/sg_vpd/
 //! sg_readcap on the device, REPORT LUNS ours, the device's own sense for
 //! commands it rejects, verified random writes and reads, a LOGICAL UNIT
-//! RESET (SG_SCSI_RESET), the stats, refusals of non-SCSI paths.
+//! RESET (SG_SCSI_RESET), stats and metrics, hotplug (lun_add/lun_remove),
+//! the state file across kill -9, refusals of non-SCSI paths.
 //!
 //! Needs the harness (`scripts/install-deps.sh && scripts/build-guest.sh`);
 //! without it the test prints SKIPPED, except with `CI=true`, where it

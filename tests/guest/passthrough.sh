@@ -17,7 +17,7 @@
 #     back) on both LUNs;
 #   - LOGICAL UNIT RESET: FUNCTION COMPLETE, the daemon logs the device
 #     reset, commands work afterwards;
-#   - stats count the passthrough LUNs' reads and writes; lun_resize is
+#   - stats and metrics count the passthrough LUNs' reads and writes; lun_resize is
 #     refused, lun_remove unplugs LUN 1;
 #   - the state file keeps a passthrough LUN across kill -9;
 #   - the daemon refuses the disk's partition-less sibling paths that are
@@ -71,8 +71,9 @@ for bad in /tmp/file.img /dev/null; do
     fi
 done
 
+ifconfig lo 127.0.0.1 up 2>/dev/null || ip link set lo up 2>/dev/null || true
 RUST_LOG=info $VUS serve --socket "$SOCK" --rpc-socket "$RPC" --num-queues 2 \
-    --disk "$sg,passthrough" >"$LOG" 2>&1 &
+    --metrics-addr 127.0.0.1:9187 --disk "$sg,passthrough" >"$LOG" 2>&1 &
 vpid=$!
 i=0
 while [ ! -S "$SOCK" ] && [ "$i" -lt 200 ]; do sleep 0.1; i=$((i + 1)); done
@@ -227,6 +228,16 @@ case "$reads$writes" in
     *" 0 "*|"") fail "stats count passthrough reads and writes" "reads $reads writes $writes" ;;
     *) pass "stats count passthrough reads ($reads) and writes ($writes)" ;;
 esac
+
+# Metrics: the same counters over HTTP.
+if wget -q -O /tmp/metrics http://127.0.0.1:9187/metrics 2>/tmp/wget.err; then
+    m=$(grep '^vhost_user_scsi_lun_reads_total{.*lun="0"' /tmp/metrics | awk '{print $2}')
+    info "metrics: $(grep 'lun_reads_total\|lun_writes_total' /tmp/metrics | tr '\n' ' ')"
+    if [ -n "$m" ] && [ "$m" -gt 0 ]; then pass "metrics count passthrough reads (lun 0: $m)"; else
+        fail "metrics count passthrough reads" "$(grep lun_reads /tmp/metrics | tr '\n' ' ')"; fi
+else
+    fail "metrics endpoint" "$(cat /tmp/wget.err)"
+fi
 
 # lun_resize is the device's business; lun_remove unplugs LUN 1.
 if $VUS ctl --rpc-socket "$RPC" lun_resize --controller default --lun 0 >/tmp/ctl.err 2>&1; then

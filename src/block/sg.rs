@@ -320,11 +320,15 @@ fn sg_node_of_block(path: &Path, rdev: u64) -> Result<PathBuf, BlockError> {
     Ok(PathBuf::from("/dev").join(sg))
 }
 
-fn open_rw(path: &Path) -> io::Result<File> {
+/// Open read-write. An sg node is opened `O_NONBLOCK`: its open then fails
+/// with EBUSY instead of waiting while another process holds it
+/// exclusively; SG_IO blocks all the same (it ignores the flag).
+fn open_rw(path: &Path, sg_node: bool) -> io::Result<File> {
+    let nonblock = if sg_node { libc::O_NONBLOCK } else { 0 };
     OpenOptions::new()
         .read(true)
         .write(true)
-        .custom_flags(libc::O_CLOEXEC)
+        .custom_flags(libc::O_CLOEXEC | nonblock)
         .open(path)
 }
 
@@ -351,13 +355,13 @@ impl ScsiDevice {
         } else {
             return Err(invalid(path, format!("not a device; {need}")));
         };
-        let io = open_rw(path).map_err(|e| open_err(path, e))?;
+        let io = open_rw(path, !block).map_err(|e| open_err(path, e))?;
         let fmeta = io.metadata().map_err(|e| open_err(path, e))?;
         if fmeta.rdev() != meta.rdev() || fmeta.ino() != meta.ino() {
             return Err(invalid(path, "changed while being opened"));
         }
         let (sg, disk) = if block {
-            let sg = open_rw(&sg_path).map_err(|e| open_err(&sg_path, e))?;
+            let sg = open_rw(&sg_path, true).map_err(|e| open_err(&sg_path, e))?;
             let mut bytes: u64 = 0;
             // SAFETY: BLKGETSIZE64 writes one u64 into `bytes`, valid for
             // writes; the fd is open.

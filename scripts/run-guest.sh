@@ -7,7 +7,7 @@
 #       [--builtin-disk IMG[,readonly][,bs=512|4096][,serial=TEXT][,lun=N]]...
 #       [--num-queues N] [--env-file FILE] [--env KEY=VALUE]...
 #       [--mem 512M] [--smp 2] [--timeout 300] [--log FILE] [--append ARGS]
-#       [--qemu-arg ARG]...
+#       [--qemu-arg ARG]... [--add-file SRC:DEST]...
 #
 #   --script FILE       becomes /test.sh in the guest; every *.sh file in the same
 #                       directory is also copied to /guest/ (for shared helpers).
@@ -19,6 +19,8 @@
 #                       (target 0, LUNs in order unless lun= says otherwise): the
 #                       reference behaviour, same topology as the daemon's.
 #   --num-queues N      default request-queue count for every controller (1).
+#   --add-file SRC:DEST host file SRC becomes DEST in the guest (e.g. a binary
+#                       and the libraries ldd lists for it).
 #   --timeout SECONDS   kill QEMU and exit 124 after this long (300).
 #   --log FILE          console log (default: build/guest/logs/<time>.log).
 #
@@ -46,6 +48,7 @@ env_vars=()
 vhost_specs=()
 builtin_specs=()
 qemu_extra=()
+add_files=()
 
 while (( $# )); do
     case "$1" in
@@ -61,6 +64,7 @@ while (( $# )); do
         --log) logfile=${2:?}; shift 2 ;;
         --append) append_extra=${2:?}; shift 2 ;;
         --qemu-arg) qemu_extra+=("${2:?}"); shift 2 ;;
+        --add-file) add_files+=("${2:?}"); shift 2 ;;
         -h|--help) usage 0 ;;
         *) echo "run-guest: unknown argument: $1" >&2; usage ;;
     esac
@@ -104,6 +108,12 @@ for f in "$(dirname "$script")"/*.sh; do cp "$f" "$work/extra/guest/"; done
     done
 } >"$work/extra/test.env"
 chmod 755 "$work/extra/test.sh"
+for spec in "${add_files[@]}"; do
+    src=${spec%%:*} dest=${spec#*:}
+    [[ "$spec" == *:/* && -f "$src" ]] || die "--add-file wants SRC:/DEST with an existing SRC, got '$spec'"
+    mkdir -p "$work/extra$(dirname "$dest")"
+    cp -L "$src" "$work/extra$dest"
+done
 cp "$GUEST_DIR/initramfs.cpio.gz" "$work/initrd"
 (cd "$work/extra" && find . | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0) | gzip -1 >>"$work/initrd"
 

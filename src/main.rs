@@ -59,6 +59,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => vhost_user_scsi::bench::main(&args).map_err(Into::into),
         Command::BenchReport(args) => vhost_user_scsi::bench::plot::main(&args).map_err(Into::into),
         Command::Ctl(args) => vhost_user_scsi::cli::ctl::main(&args),
+        Command::Probe(args) => vhost_user_scsi::cli::probe::main(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -93,6 +93,7 @@ impl Api for MockApi {
             num_blocks: (64 << 20) / u64::from(bs),
             size: 64 << 20,
             serial: p.serial.unwrap_or_else(|| "serial".into()),
+            passthrough: p.passthrough,
         };
         self.luns.lock().unwrap().push(info.clone());
         Ok(info)
@@ -118,6 +119,7 @@ impl Api for MockApi {
             num_blocks: p.size.unwrap_or(0) / 512,
             size: p.size.unwrap_or(0),
             serial: p.controller,
+            passthrough: false,
         })
     }
     fn stats(&self, p: StatsQuery) -> Result<Stats, ApiError> {

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::provision::DiscardCaps;
+use super::sg::ScsiDevice;
 use super::BlockError;
 use crate::units::ByteCount;
 
@@ -21,6 +22,9 @@ use crate::units::ByteCount;
 pub enum BackingKind {
     File,
     BlockDevice,
+    /// A host SCSI device served with `passthrough` (every CDB goes to it
+    /// through SG_IO, [`ScsiDevice`]).
+    Passthrough,
 }
 
 /// An open backing store.
@@ -46,6 +50,8 @@ pub struct Backing {
     dio_offset_align: u64,
     /// Unmap (discard / punch hole) capabilities, probed at open.
     discard: DiscardCaps,
+    /// The SCSI device of a [`BackingKind::Passthrough`] backing.
+    scsi: Option<ScsiDevice>,
 }
 
 nix::ioctl_read!(blkgetsize64, 0x12, 114, u64);
@@ -145,7 +151,7 @@ impl Backing {
         };
 
         let (file, direct) = match kind {
-            BackingKind::BlockDevice => (
+            BackingKind::BlockDevice | BackingKind::Passthrough => (
                 open_with(path, readonly, true).map_err(|e| open_err(path, e))?,
                 true,
             ),
@@ -180,7 +186,9 @@ impl Backing {
         let fmeta = file.metadata().map_err(|e| open_err(path, e))?;
         let fkind_ok = match kind {
             BackingKind::File => fmeta.file_type().is_file(),
-            BackingKind::BlockDevice => fmeta.file_type().is_block_device(),
+            BackingKind::BlockDevice | BackingKind::Passthrough => {
+                fmeta.file_type().is_block_device()
+            }
         };
         if !fkind_ok || !same_inode(&meta, &fmeta) {
             return Err(invalid(path, "changed while being opened"));
@@ -188,7 +196,7 @@ impl Backing {
 
         let (size, logical_block_size, rotational) = match kind {
             BackingKind::File => (fmeta.len(), 512u32, false),
-            BackingKind::BlockDevice => {
+            BackingKind::BlockDevice | BackingKind::Passthrough => {
                 let mut bytes: u64 = 0;
                 // SAFETY: BLKGETSIZE64 writes one u64 into `bytes`, which is
                 // valid for writes; the fd is open.
@@ -214,7 +222,7 @@ impl Backing {
 
         let discard = match kind {
             BackingKind::File => DiscardCaps::probe_file(&file, &fmeta, readonly),
-            BackingKind::BlockDevice => {
+            BackingKind::BlockDevice | BackingKind::Passthrough => {
                 DiscardCaps::probe_block_device(fmeta.rdev(), logical_block_size)
             }
         };
@@ -258,7 +266,41 @@ impl Backing {
             dio_mem_align,
             dio_offset_align,
             discard,
+            scsi: None,
         })
+    }
+
+    /// Open a host SCSI device for passthrough (`/dev/sgN`, or a whole
+    /// SCSI disk `/dev/sdX`); anything else is refused with the reason
+    /// ([`ScsiDevice::open`]). Size and block size are the disk's (an sg
+    /// node of a device without a block node: 0 and 512); they are shown,
+    /// not used: the device answers READ CAPACITY itself.
+    pub fn open_passthrough(path: &Path) -> Result<Backing, BlockError> {
+        let dev = ScsiDevice::open(path)?;
+        let file = dev.file().try_clone().map_err(|e| open_err(path, e))?;
+        let (size, lbs) = dev.disk_geometry().unwrap_or((0, 512));
+        tracing::debug!(path = %path.display(), sg = %dev.sg_path().display(), size, "opened SCSI device for passthrough");
+        Ok(Backing {
+            file,
+            buffered: None,
+            path: path.to_owned(),
+            kind: BackingKind::Passthrough,
+            size: AtomicU64::new(size),
+            logical_block_size: lbs,
+            direct: false,
+            memory: false,
+            rotational: false,
+            readonly: false,
+            dio_mem_align: 1,
+            dio_offset_align: 1,
+            discard: DiscardCaps::NONE,
+            scsi: Some(dev),
+        })
+    }
+
+    /// The SCSI device of a passthrough backing.
+    pub fn scsi_device(&self) -> Option<&ScsiDevice> {
+        self.scsi.as_ref()
     }
 
     pub fn path(&self) -> &Path {
@@ -277,7 +319,8 @@ impl Backing {
     pub fn refresh_size(&self) -> io::Result<ByteCount> {
         let bytes = match self.kind {
             BackingKind::File => self.file.metadata()?.len(),
-            BackingKind::BlockDevice => {
+            BackingKind::Passthrough if self.size.load(Ordering::Relaxed) == 0 => 0,
+            BackingKind::BlockDevice | BackingKind::Passthrough => {
                 let mut bytes: u64 = 0;
                 // SAFETY: BLKGETSIZE64 writes one u64 into `bytes`, which is
                 // valid for writes; the fd is open.

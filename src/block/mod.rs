@@ -12,11 +12,13 @@
 
 mod backing;
 mod provision;
+pub mod sg;
 mod sync_io;
 mod uring;
 
 pub use backing::{Backing, BackingKind};
 pub use provision::{Extent, FILE_MAX_DISCARD_BYTES};
+pub use sg::{ScsiDevice, SgAnswer, SgCommand, SgDir};
 pub use uring::{Completion, Engine, EngineOp, IoVec, IoVecs};
 
 use std::path::PathBuf;

@@ -169,7 +169,7 @@ fn fs_type(file: &File) -> Option<u64> {
 }
 
 impl DiscardCaps {
-    const NONE: DiscardCaps = DiscardCaps {
+    pub(super) const NONE: DiscardCaps = DiscardCaps {
         supports_unmap: false,
         unmap_zeroes: false,
         granularity: 1,
@@ -364,6 +364,7 @@ impl Backing {
                 }
                 None => Ok(()),
             },
+            BackingKind::Passthrough => Err(errno(libc::EOPNOTSUPP)),
         }
     }
 
@@ -410,6 +411,7 @@ impl Backing {
                 }
                 self.fill(b, end, None)
             }
+            BackingKind::Passthrough => Err(errno(libc::EOPNOTSUPP)),
         }
     }
 

@@ -97,6 +97,9 @@ pub enum CtlCommand {
         /// Unit serial number (default: derived from the path).
         #[arg(long)]
         serial: Option<String>,
+        /// SCSI passthrough of a host SCSI device (/dev/sdX, /dev/sgN).
+        #[arg(long)]
+        passthrough: bool,
     },
     /// Detach a LUN (waits for its in-flight I/O).
     #[command(name = "lun_remove", alias = "lun-remove")]
@@ -209,6 +212,7 @@ pub fn request(cmd: &CtlCommand) -> anyhow::Result<(String, Option<Value>)> {
             readonly,
             block_size,
             serial,
+            passthrough,
         } => Some(serde_json::to_value(LunAdd {
             controller: controller.clone(),
             lun: *lun,
@@ -216,6 +220,7 @@ pub fn request(cmd: &CtlCommand) -> anyhow::Result<(String, Option<Value>)> {
             readonly: *readonly,
             block_size: block_size.as_deref().map(str::parse).transpose()?,
             serial: serial.clone(),
+            passthrough: *passthrough,
         })?),
         CtlCommand::LunRemove { controller, lun } => Some(serde_json::to_value(LunRemove {
             controller: controller.clone(),
@@ -300,7 +305,13 @@ pub fn render(cmd: &CtlCommand, result: Value) -> anyhow::Result<String> {
                 l.path.display(),
                 human_size(l.size),
                 l.block_size,
-                if l.readonly { ", read-only" } else { "" }
+                if l.readonly {
+                    ", read-only"
+                } else if l.passthrough {
+                    ", passthrough"
+                } else {
+                    ""
+                }
             )
         }
         CtlCommand::LunRemove { controller, lun } => {
@@ -715,6 +726,7 @@ mod tests {
             num_blocks: 131072,
             size: 64 << 20,
             serial: "s".into(),
+            passthrough: false,
         }
     }
 

@@ -1,4 +1,5 @@
-//! `--disk PATH[,readonly][,block-size=512|4096][,serial=TEXT][,lun=N]`.
+//! `--disk PATH[,readonly][,block-size=512|4096][,serial=TEXT][,lun=N]`,
+//! or `--disk PATH,passthrough[,lun=N]` for a host SCSI device.
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -17,6 +18,8 @@ pub struct DiskSpec {
     pub block_size: Option<BlockSize>,
     pub serial: Option<String>,
     pub lun: Option<u16>,
+    /// SCSI passthrough (not with readonly, block-size or serial).
+    pub passthrough: bool,
 }
 
 /// What is wrong with a disk spec or the set of disks.
@@ -24,7 +27,9 @@ pub struct DiskSpec {
 pub enum SpecError {
     #[error("empty path in disk spec")]
     EmptyPath,
-    #[error("unknown disk option '{0}' (expected readonly, block-size=, serial=, lun=)")]
+    #[error(
+        "unknown disk option '{0}' (expected readonly, block-size=, serial=, lun=, passthrough)"
+    )]
     UnknownOption(String),
     #[error("option '{0}' given twice")]
     Repeated(&'static str),
@@ -40,6 +45,8 @@ pub enum SpecError {
     LunOutOfRange(u16),
     #[error("too many LUNs")]
     TooManyLuns,
+    #[error("{0}")]
+    Passthrough(String),
 }
 
 impl FromStr for DiskSpec {
@@ -57,6 +64,7 @@ impl FromStr for DiskSpec {
             block_size: None,
             serial: None,
             lun: None,
+            passthrough: false,
         };
         for opt in parts {
             let (key, value) = match opt.split_once('=') {
@@ -104,8 +112,22 @@ impl FromStr for DiskSpec {
                         .ok_or_else(|| SpecError::BadLun(v.to_owned()))?;
                     spec.lun = Some(lun);
                 }
+                ("passthrough", None) => {
+                    if spec.passthrough {
+                        return Err(SpecError::Repeated("passthrough"));
+                    }
+                    spec.passthrough = true;
+                }
                 _ => return Err(SpecError::UnknownOption(opt.to_owned())),
             }
+        }
+        if spec.passthrough {
+            crate::mgmt::validate::passthrough(
+                spec.readonly,
+                spec.block_size.is_some(),
+                spec.serial.is_some(),
+            )
+            .map_err(SpecError::Passthrough)?;
         }
         Ok(spec)
     }
@@ -125,6 +147,9 @@ mod tests {
         assert_eq!(d.block_size, Some(BlockSize::B4096));
         assert_eq!(d.serial.as_deref(), Some("ABC-1"));
         assert_eq!(d.lun, Some(7));
+        assert!(!d.passthrough);
+        let d: DiskSpec = "/dev/sg1,passthrough,lun=2".parse().unwrap();
+        assert!(d.passthrough && d.lun == Some(2));
     }
 
     #[test]
@@ -146,6 +171,25 @@ mod tests {
             ("a,lun=1,lun=2", SpecError::Repeated("lun")),
             ("a,readonly,readonly", SpecError::Repeated("readonly")),
             ("a,", SpecError::UnknownOption("".into())),
+            (
+                "/dev/sdb,passthrough,readonly",
+                SpecError::Passthrough(
+                    "passthrough cannot be combined with readonly (the SCSI device answers for itself)".into(),
+                ),
+            ),
+            (
+                "/dev/sg0,block-size=512,passthrough",
+                SpecError::Passthrough(
+                    "passthrough cannot be combined with block-size (the SCSI device answers for itself)".into(),
+                ),
+            ),
+            (
+                "/dev/sg0,passthrough,serial=X",
+                SpecError::Passthrough(
+                    "passthrough cannot be combined with serial (the SCSI device answers for itself)".into(),
+                ),
+            ),
+            ("a,passthrough,passthrough", SpecError::Repeated("passthrough")),
         ];
         for (s, want) in cases {
             assert_eq!(s.parse::<DiskSpec>().unwrap_err(), *want, "{s}");

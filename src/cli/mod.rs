@@ -5,6 +5,7 @@
 
 pub mod ctl;
 mod disk_spec;
+pub mod probe;
 
 pub use disk_spec::{DiskSpec, SpecError};
 
@@ -38,6 +39,9 @@ pub enum Command {
     BenchReport(crate::bench::ReportArgs),
     /// Manage a running daemon over its JSON-RPC socket.
     Ctl(ctl::CtlArgs),
+    /// One SCSI command or LUN reset through the frontend (tests).
+    #[command(hide = true)]
+    Probe(probe::ProbeArgs),
 }
 
 /// Options of `serve`.
@@ -173,6 +177,7 @@ impl ServeArgs {
                 readonly: d.readonly,
                 block_size: d.block_size.map(|b| b.bytes()),
                 serial: d.serial.clone(),
+                passthrough: d.passthrough,
             })
             .collect();
         let create = ControllerCreate {

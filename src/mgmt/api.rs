@@ -67,6 +67,11 @@ pub struct LunSpec {
     /// Unit serial number (VPD 80h); default: derived from the path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<String>,
+    /// SCSI passthrough: `path` is a host SCSI device (`/dev/sdX`,
+    /// `/dev/sgN`) and every command but REPORT LUNS goes to it (libvirt's
+    /// `device='lun'`). Not with `readonly`, `block_size` or `serial`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub passthrough: bool,
 }
 
 /// `lun_add` parameters.
@@ -83,6 +88,8 @@ pub struct LunAdd {
     pub block_size: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub passthrough: bool,
 }
 
 impl LunAdd {
@@ -94,6 +101,7 @@ impl LunAdd {
             readonly: self.readonly,
             block_size: self.block_size,
             serial: self.serial.clone(),
+            passthrough: self.passthrough,
         }
     }
 }
@@ -140,6 +148,11 @@ pub struct LunInfo {
     /// `num_blocks * block_size`.
     pub size: u64,
     pub serial: String,
+    /// A host SCSI device served with `passthrough` (size, block size and
+    /// serial are then only what the host knows; the device answers the
+    /// guest itself).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub passthrough: bool,
 }
 
 /// A controller (`controller_create`, `controller_list`).

@@ -260,6 +260,8 @@ struct RawLun {
     block_size: Option<Spanned<u32>>,
     #[serde(default)]
     serial: Option<Spanned<String>>,
+    #[serde(default)]
+    passthrough: Option<Spanned<bool>>,
 }
 
 /// A failed check: where, which key, why.
@@ -409,6 +411,23 @@ impl RawConfig {
                 if let Some(s) = &l.serial {
                     field(s, || key("serial"), |s| validate::serial(s))?;
                 }
+                if let Some(p) = &l.passthrough {
+                    field(
+                        p,
+                        || key("passthrough"),
+                        |&on| {
+                            if on {
+                                validate::passthrough(
+                                    l.readonly,
+                                    l.block_size.is_some(),
+                                    l.serial.is_some(),
+                                )
+                            } else {
+                                Ok(())
+                            }
+                        },
+                    )?;
+                }
             }
         }
         Ok(())
@@ -445,6 +464,7 @@ impl RawConfig {
                             readonly: l.readonly,
                             block_size: l.block_size.map(Spanned::into_inner),
                             serial: l.serial.map(Spanned::into_inner),
+                            passthrough: l.passthrough.is_some_and(|p| p.into_inner()),
                         })
                         .collect(),
                 })
@@ -522,6 +542,7 @@ socket = "/run/vus/vm2.sock"
                                 readonly: true,
                                 block_size: Some(4096),
                                 serial: Some("vm1-root".into()),
+                                passthrough: false,
                             },
                             LunSpec {
                                 lun: None,
@@ -529,6 +550,7 @@ socket = "/run/vus/vm2.sock"
                                 readonly: false,
                                 block_size: None,
                                 serial: None,
+                                passthrough: false,
                             },
                         ],
                     },

@@ -47,6 +47,9 @@ pub enum DiskError {
 
 /// Open `spec` as LUN `lun`: its backing and its description.
 pub fn open_disk(spec: &LunSpec, lun: u16) -> Result<(LunConfig, Backing), DiskError> {
+    if spec.passthrough {
+        return open_passthrough(spec, lun);
+    }
     let shown = spec.path.display().to_string();
     let requested = match spec.block_size {
         Some(n) => Some(BlockSize::new(n).ok_or(DiskError::BadBlockSize(n))?),
@@ -97,6 +100,34 @@ pub fn open_disk(spec: &LunSpec, lun: u16) -> Result<(LunConfig, Backing), DiskE
         ..LunConfig::new(lun, block_size, size.to_blocks(block_size))
     };
     let config = with_provisioning(config, &backing);
+    Ok((config, backing))
+}
+
+/// A host SCSI device for passthrough (refused with the reason when it is
+/// not one, [`Backing::open_passthrough`]). Block size, capacity and
+/// serial are only shown: the device answers READ CAPACITY, INQUIRY and
+/// the VPD pages itself.
+fn open_passthrough(spec: &LunSpec, lun: u16) -> Result<(LunConfig, Backing), DiskError> {
+    if let Err(msg) = super::validate::passthrough(
+        spec.readonly,
+        spec.block_size.is_some(),
+        spec.serial.is_some(),
+    ) {
+        return Err(DiskError::Block(BlockError::Invalid {
+            path: spec.path.clone(),
+            msg,
+        }));
+    }
+    let backing = Backing::open_passthrough(&spec.path)?;
+    let block_size = BlockSize::new(backing.logical_block_size()).unwrap_or(BlockSize::B512);
+    let blocks = backing.size().to_blocks(block_size).0.max(1);
+    let identity = identity_of(&spec.path);
+    let config = LunConfig {
+        serial: format!("{:016x}", crate::scsi::fnv1a64(identity.as_bytes())),
+        identity,
+        passthrough: true,
+        ..LunConfig::new(lun, block_size, crate::units::BlockCount(blocks))
+    };
     Ok((config, backing))
 }
 

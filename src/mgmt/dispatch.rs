@@ -191,6 +191,7 @@ pub(crate) mod tests {
             num_blocks: 131072,
             size: 64 << 20,
             serial: "s".into(),
+            passthrough: false,
         }
     }
 

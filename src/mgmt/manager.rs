@@ -290,12 +290,24 @@ impl Manager {
                 luns: p
                     .luns
                     .iter()
-                    .map(|(&lun, d)| LunSpec {
-                        lun: Some(lun),
-                        path: absolute(&d.path),
-                        readonly: d.unit.cfg.readonly,
-                        block_size: Some(d.block_size.bytes()),
-                        serial: Some(d.unit.cfg.serial.clone()),
+                    .map(|(&lun, d)| match d.unit.cfg.passthrough {
+                        // The device answers for its block size and serial.
+                        true => LunSpec {
+                            lun: Some(lun),
+                            path: absolute(&d.path),
+                            readonly: false,
+                            block_size: None,
+                            serial: None,
+                            passthrough: true,
+                        },
+                        false => LunSpec {
+                            lun: Some(lun),
+                            path: absolute(&d.path),
+                            readonly: d.unit.cfg.readonly,
+                            block_size: Some(d.block_size.bytes()),
+                            serial: Some(d.unit.cfg.serial.clone()),
+                            passthrough: false,
+                        },
                     })
                     .collect(),
             })
@@ -491,6 +503,14 @@ impl Manager {
         if let Some(s) = &spec.serial {
             validate::serial(s).map_err(|e| invalid("serial", e))?;
         }
+        if spec.passthrough {
+            validate::passthrough(
+                spec.readonly,
+                spec.block_size.is_some(),
+                spec.serial.is_some(),
+            )
+            .map_err(|e| invalid("passthrough", e))?;
+        }
         let lun = match spec.lun {
             Some(l) if p.luns.contains_key(&l) => {
                 return Err(ApiError::exists(format!("LUN {l} of `{}` exists", p.name)))
@@ -564,6 +584,7 @@ impl Manager {
             num_blocks,
             size: num_blocks.saturating_mul(u64::from(disk.block_size.bytes())),
             serial: disk.unit.cfg.serial.clone(),
+            passthrough: disk.unit.cfg.passthrough,
         }
     }
 
@@ -675,6 +696,9 @@ fn check_compatible(d: &Disk, spec: &LunSpec) -> Result<(), ApiError> {
             spec.path.display()
         ))
     };
+    if spec.passthrough != d.unit.cfg.passthrough {
+        return Err(clash("passthrough setting"));
+    }
     if spec.readonly != d.unit.cfg.readonly {
         return Err(clash("readonly setting"));
     }
@@ -812,6 +836,12 @@ impl Api for Manager {
         let disk = c.p.luns.get(&p.lun).cloned().ok_or_else(|| {
             ApiError::not_found(format!("no LUN {} in `{}`", p.lun, p.controller))
         })?;
+        if disk.unit.cfg.passthrough {
+            return Err(ApiError::failed(format!(
+                "{} is a passthrough LUN: the device reports its own capacity",
+                disk.path.display()
+            )));
+        }
         let bs = disk.block_size;
         let size = match p.size {
             Some(bytes) => {

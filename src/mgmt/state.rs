@@ -245,6 +245,10 @@ fn check(state: &SavedState) -> Result<(), (String, String)> {
             if let Some(s) = &l.serial {
                 validate::serial(s).map_err(at("serial"))?;
             }
+            if l.passthrough {
+                validate::passthrough(l.readonly, l.block_size.is_some(), l.serial.is_some())
+                    .map_err(at("passthrough"))?;
+            }
         }
     }
     Ok(())
@@ -392,6 +396,7 @@ mod tests {
             readonly: false,
             block_size: Some(512),
             serial: Some(format!("s{n}")),
+            passthrough: false,
         }
     }
 
@@ -577,7 +582,7 @@ mod tests {
             (
                 "{\"version\": 1, \"controllers\": [{\"name\": \"a\", \"socket\": \"/a\", \"luns\": [{\"path\": \"/x\", \"ro\": true}]}]}",
                 "/var/lib/vus/state.json:1:89: controllers[0].luns[0].ro: unknown field `ro`, \
-                 expected one of `lun`, `path`, `readonly`, `block_size`, `serial`",
+                 expected one of `lun`, `path`, `readonly`, `block_size`, `serial`, `passthrough`",
             ),
             (
                 "{\"version\": 1, \"controllers\": [{\"name\": \"a\"}]}",

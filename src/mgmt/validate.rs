@@ -93,6 +93,22 @@ pub fn initiator(s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `passthrough` with options it cannot have: the device answers for its
+/// own block size, serial number and write protection.
+pub fn passthrough(readonly: bool, block_size: bool, serial: bool) -> Result<(), String> {
+    let clash = [
+        (readonly, "readonly"),
+        (block_size, "block-size"),
+        (serial, "serial"),
+    ];
+    match clash.iter().find(|(set, _)| *set) {
+        Some((_, what)) => Err(format!(
+            "passthrough cannot be combined with {what} (the SCSI device answers for itself)"
+        )),
+        None => Ok(()),
+    }
+}
+
 /// A path given in a file (socket, image, directory): not empty.
 pub fn path(p: &Path) -> Result<(), String> {
     if p.as_os_str().is_empty() {

@@ -9,6 +9,8 @@
 //!   reports back through [`io_error_sense`] on failure;
 //! - SYNCHRONIZE CACHE becomes [`Outcome::Flush`].
 //!
+//! - a unit with `passthrough` answers only REPORT LUNS itself: every other
+//!   command becomes [`Outcome::Passthrough`] for the host device.
 //! - UNMAP, WRITE SAME, VERIFY, WRITE AND VERIFY, COMPARE AND WRITE and
 //!   GET LBA STATUS become the matching [`Outcome`] variants, with their
 //!   small data-out buffers already read and checked.
@@ -164,6 +166,11 @@ pub enum Outcome {
         start: Lba,
         alloc_len: u32,
     },
+    /// A command for a passthrough unit ([`LunConfig::passthrough`]): the
+    /// transport sends the first `cdb_len` bytes of the CDB to the host
+    /// device with the initiator's buffers and returns the device's
+    /// status, sense and residual as they are.
+    Passthrough { cdb_len: usize },
 }
 
 /// An I_T nexus: the transport gives one per vhost-user controller
@@ -250,4 +257,6 @@ pub use lun::{fnv1a64, naa_designator, LogicalUnit, NAA_COMPANY_ID, PRODUCT, VEN
 pub use opcodes::{Command, PrClass, COMMANDS};
 pub use pr::{DirPrStore, PrStore};
 pub use sense::{io_error_sense, miscompare_sense};
-pub use target::{LunConfig, LunMapCache, ScsiError, Target, MAX_LUN, MAX_SERIAL_LEN};
+pub use target::{
+    passthrough_cdb_len, LunConfig, LunMapCache, ScsiError, Target, MAX_LUN, MAX_SERIAL_LEN,
+};

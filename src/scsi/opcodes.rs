@@ -20,6 +20,9 @@ use super::{
     write_same, NexusId, Outcome, Sense,
 };
 
+/// REPORT LUNS: always answered by the target, also for passthrough units.
+pub(crate) const REPORT_LUNS: u8 = 0xa0;
+
 /// Everything a handler may look at.
 pub struct Ctx<'a> {
     pub target: &'a Target,

@@ -58,6 +58,11 @@ pub struct LunConfig {
     /// VPD B0h MAXIMUM COMPARE AND WRITE LENGTH (1..=255; 0 disables
     /// COMPARE AND WRITE).
     pub max_compare_write_blocks: u8,
+    /// Every command but REPORT LUNS goes to a host SCSI device as it is
+    /// ([`Outcome::Passthrough`]): no emulation, no unit attentions or
+    /// reservations of ours; the device answers. The other fields are
+    /// only shown.
+    pub passthrough: bool,
 }
 
 impl LunConfig {
@@ -83,6 +88,7 @@ impl LunConfig {
             max_unmap_descriptors: 64,
             max_write_same_blocks: 0,
             max_compare_write_blocks: 1,
+            passthrough: false,
         }
     }
 }
@@ -397,6 +403,11 @@ impl Target {
             }
             return self.run(found?, nexus, lun, None, cdb, data_out);
         };
+        if unit.cfg.passthrough && cdb.first() != Some(&opcodes::REPORT_LUNS) {
+            return passthrough_cdb_len(cdb)
+                .map(|cdb_len| Outcome::Passthrough { cdb_len })
+                .ok_or(Sense::invalid_opcode());
+        }
         if !exempt && !unit.is_quiet(nexus) {
             let st = &mut *unit.state();
             if let Some(ua) = st.ua.take(nexus) {
@@ -435,6 +446,24 @@ impl Target {
             data_out: RefCell::new(data_out),
         })
     }
+}
+
+/// Length of a CDB for a passthrough unit, from its operation code's group
+/// (SPC-5 4.2.5.1): 6, 10, 12 or 16 bytes, or a variable-length CDB (7Fh,
+/// 8 + ADDITIONAL CDB LENGTH bytes); `None` for the reserved and
+/// vendor-specific groups and for a CDB longer than `cdb` (the transport's
+/// CDB field).
+pub fn passthrough_cdb_len(cdb: &[u8]) -> Option<usize> {
+    let op = *cdb.first()?;
+    let len = match op >> 5 {
+        0 => 6,
+        1 | 2 => 10,
+        4 => 16,
+        5 => 12,
+        3 if op == 0x7f => 8 + usize::from(*cdb.get(7)?),
+        _ => return None,
+    };
+    (len <= cdb.len()).then_some(len)
 }
 
 fn validate(l: &LunConfig) -> Result<(), ScsiError> {

@@ -146,6 +146,9 @@ impl ControlQueue {
                 S_FUNCTION_COMPLETE
             }
             T_TMF_LOGICAL_UNIT_RESET => {
+                // A passthrough LUN: the device resets itself (its commands
+                // in flight end with the device's answer, then drain).
+                self.reset_device(lun);
                 drain_where(workers, |w| w.has_lun_requests(lun));
                 // SAM-5: reset the logical unit's state; unit attention to
                 // every I_T nexus.
@@ -179,6 +182,25 @@ impl ControlQueue {
 }
 
 impl ControlQueue {
+    /// LOGICAL UNIT RESET of a passthrough LUN: SG_SCSI_RESET
+    /// (SG_SCSI_RESET_DEVICE) on its SCSI device. Blocks this thread (the
+    /// control queue's; task management already waits for drains here)
+    /// until the host's error handler is done.
+    fn reset_device(&mut self, lun: u16) {
+        let Some(backing) = self.device.backing(lun) else {
+            return;
+        };
+        let Some(dev) = backing.scsi_device() else {
+            return;
+        };
+        match dev.reset() {
+            Ok(()) => tracing::info!(lun, sg = %dev.sg_path().display(), "passthrough LUN reset"),
+            Err(e) => {
+                warn_limited!(self.log, lun, sg = %dev.sg_path().display(), error = %e, "passthrough LUN reset failed")
+            }
+        }
+    }
+
     /// Re-read the backing's size (a grown image file or a resized device):
     /// a new whole number of blocks becomes the LUN's capacity with a
     /// CAPACITY DATA HAS CHANGED unit attention. Shrinking below what the
@@ -188,6 +210,10 @@ impl ControlQueue {
         else {
             return;
         };
+        if lb.backing.scsi_device().is_some() {
+            // The device reports its own capacity changes.
+            return;
+        }
         match lb.backing.refresh_size() {
             Ok(size) => {
                 let blocks = size.to_blocks(lb.block_size);

@@ -161,7 +161,8 @@ impl Device {
 
 /// fdatasync one LUN's backing if it is writable; errors are logged.
 pub fn sync_backing(l: &LunBacking) {
-    if l.backing.readonly() {
+    // A passthrough device is flushed by the guest's own SYNCHRONIZE CACHE.
+    if l.backing.readonly() || l.backing.scsi_device().is_some() {
         return;
     }
     if let Err(e) = nix::unistd::fdatasync(std::os::fd::AsRawFd::as_raw_fd(&*l.backing)) {

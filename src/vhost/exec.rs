@@ -190,7 +190,10 @@ fn run_scsi(outcome: Outcome, backing: &Backing, gate: &WriteGate, bs: BlockSize
             }
         }
         // The fast-path outcomes never reach the slow lane.
-        Outcome::Complete { .. } | Outcome::Io(_) | Outcome::Flush => {
+        Outcome::Complete { .. }
+        | Outcome::Io(_)
+        | Outcome::Flush
+        | Outcome::Passthrough { .. } => {
             JobResult::check(Sense::new(SenseKey::HardwareError, 0x44, 0x00))
         }
     }

@@ -15,6 +15,7 @@ mod event_loop;
 mod events;
 mod exec;
 mod inflight;
+mod passthrough;
 mod protocol;
 mod ratelimit;
 mod server;

@@ -21,10 +21,11 @@ use super::device::{Device, LunBacking, LunCache};
 use super::dirty::{DirtyLog, LogView, SharedLog};
 use super::exec::{self, Gate, SlowOp};
 use super::inflight::{InflightMark, QueueInflight, Resubmit};
+use super::passthrough::{self, PassReply};
 use super::ratelimit::{warn_limited, RateLimit};
 use super::slow::{JobResult, SlowLane};
 use super::stats::{CmdKind, QueueStats};
-use crate::block::{Completion, Engine, EngineOp, IoVecs};
+use crate::block::{Completion, Engine, EngineOp, IoVecs, SgCommand, SgDir};
 use crate::scsi::{io_error_sense, BlockIo, IoDir, LunMapCache, NexusId, Outcome, Sense, Status};
 use crate::virtio_scsi::{
     decode_lun, parse_cmd, split_chain, split_chain_at, ChainError, CmdRequest, CmdRespHeader,
@@ -443,6 +444,11 @@ impl RequestWorker {
                 continue;
             };
             self.account(&req, result.status == Status::Good, now);
+            if let Some(reply) = &result.pass {
+                let used = self.finish_passthrough(&req, reply);
+                self.publish(&mut state, req.head, used);
+                continue;
+            }
             let used = complete_with(
                 &req.mem,
                 &req.resp,
@@ -456,6 +462,44 @@ impl RequestWorker {
             self.publish(&mut state, req.head, used);
         }
         signal(&mut state, &mut self.log, self.index);
+    }
+
+    /// Write a passthrough command's answer: the device's data-in is already
+    /// in the guest's buffers (logged here), then status, sense and
+    /// residual as the device gave them. Returns the used length.
+    fn finish_passthrough(&mut self, req: &InFlight, reply: &PassReply) -> u32 {
+        if let Some(why) = &reply.failure {
+            warn_limited!(self.log, queue = self.index, lun = req.lun, error = %why, "passthrough command failed on the host");
+        }
+        let data_in = reply.data_in_len();
+        if let Some(max) = reply.block_limits {
+            // VPD B0h: the host's transfer limit (QEMU's scsi-block does
+            // the same).
+            let mut head = [0u8; 16];
+            let n = usize::try_from(data_in).unwrap_or(0).min(head.len());
+            if let Some(h) = head.get_mut(..n) {
+                if req.data_in.read_to(&req.mem, h).ok() == Some(n)
+                    && passthrough::clamp_block_limits(h, max)
+                {
+                    let _ = req.data_in.write_from(&req.mem, h);
+                }
+            }
+        }
+        if let Some(d) = &self.dlog {
+            d.mark_segments(&req.data_in, u64::from(data_in));
+        }
+        // The guest's residual counts its whole data-in (or data-out)
+        // buffer; the transfer was exactly that buffer.
+        let used = write_response_raw(
+            &req.mem,
+            &req.resp,
+            S_OK,
+            reply.status,
+            &reply.sense,
+            reply.resid,
+            self.dlog.as_deref(),
+        );
+        used.saturating_add(data_in)
     }
 
     /// Start one request. Returns true if it completed at once (the used
@@ -600,6 +644,10 @@ impl RequestWorker {
                 let Some(lb) = lb else {
                     return self.respond(state, head, &mem, &req.resp, S_FAILURE);
                 };
+                if let Outcome::Passthrough { cdb_len } = other {
+                    let cdb = cdb.get(..cdb_len).unwrap_or(&cdb);
+                    return self.start_passthrough(state, head, lb, cdb, req, mem);
+                }
                 self.start_backed(state, head, lb, other, req, mem)
             }
         }
@@ -648,6 +696,81 @@ impl RequestWorker {
                 self.push_slow(state, slot, job)
             }
         }
+    }
+
+    /// A command for a passthrough LUN: SG_IO on the host device, with the
+    /// guest's buffers as its iovecs (direction from the descriptors), on
+    /// the queue's passthrough pool. The request keeps the guest memory
+    /// mapped (`mem` in its slot) until the device answered.
+    fn start_passthrough(
+        &mut self,
+        state: &mut State,
+        head: u16,
+        lb: Arc<LunBacking>,
+        cdb: &[u8],
+        req: CmdRequest,
+        mem: MemGuard,
+    ) -> bool {
+        let (dir, buf) = match (req.data_out.is_empty(), req.data_in.is_empty()) {
+            (true, true) => (SgDir::None, None),
+            (false, true) => (SgDir::ToDevice, Some(&req.data_out)),
+            (true, false) => (SgDir::FromDevice, Some(&req.data_in)),
+            (false, false) => {
+                warn_limited!(self.log, queue = self.index, lun = lb.lun, opcode = cdb.first().copied().unwrap_or(0), "bidirectional passthrough command refused (data-out and data-in buffers): not supported");
+                return self.refuse(state, head, &lb, &req, &mem);
+            }
+        };
+        let mut iovecs = IoVecs::new();
+        if let Some(buf) = buf {
+            if let Err(e) = buf.iovecs(&mem, buf.len(), &mut iovecs) {
+                warn_limited!(self.log, queue = self.index, error = %e, "bad data buffers");
+                lb.stats.completed(self.index, CmdKind::Other, false, 0);
+                return self.respond(state, head, &mem, &req.resp, S_FAILURE);
+            }
+        }
+        let cmd = match SgCommand::new(cdb, dir, &iovecs) {
+            Ok(c) => c,
+            Err(e) => {
+                warn_limited!(self.log, queue = self.index, lun = lb.lun, error = %e, "passthrough command refused");
+                return self.refuse(state, head, &lb, &req, &mem);
+            }
+        };
+        let kind = pass_kind(cdb, dir, u64::from(cmd.len()));
+        let io_dir = match dir {
+            SgDir::FromDevice => IoDir::Read,
+            _ => IoDir::Write,
+        };
+        let job = passthrough::job(lb.backing.clone(), cmd);
+        let slot = self.park(head, lb, kind, io_dir, 0, 0, req, None, mem);
+        if self.slow.submit_pass(slot as u64, job) {
+            return false;
+        }
+        tracing::error!(queue = self.index, "no passthrough thread");
+        self.fail_parked(state, slot)
+    }
+
+    /// CHECK CONDITION, INVALID FIELD IN CDB: a command we cannot pass.
+    fn refuse(
+        &mut self,
+        state: &mut State,
+        head: u16,
+        lb: &LunBacking,
+        req: &CmdRequest,
+        mem: &GuestMem,
+    ) -> bool {
+        lb.stats.completed(self.index, CmdKind::Other, false, 0);
+        let sense = Sense::invalid_field_in_cdb(0, None);
+        let resid = clamp_u32(req.data_in.len());
+        let used = write_response(
+            mem,
+            &req.resp,
+            S_OK,
+            Status::CheckCondition,
+            Some(&sense),
+            resid,
+            self.dlog.as_deref(),
+        );
+        self.publish(state, head, used)
     }
 
     /// READ/WRITE: zero copy through the ring, or (a write that meets a
@@ -871,6 +994,18 @@ fn slow_job(lb: &LunBacking, op: SlowOp, applied: Option<InflightMark>) -> super
     })
 }
 
+/// Per-LUN counters for a passthrough command: READ and WRITE opcodes
+/// count as reads and writes of their transfer, the rest as other.
+fn pass_kind(cdb: &[u8], dir: SgDir, bytes: u64) -> CmdKind {
+    match (cdb.first(), dir) {
+        (Some(0x08 | 0x28 | 0xa8 | 0x88), SgDir::FromDevice) => CmdKind::Read(bytes),
+        (Some(0x0a | 0x2a | 0xaa | 0x8a | 0x2e | 0xae | 0x8e), SgDir::ToDevice) => {
+            CmdKind::Write(bytes)
+        }
+        _ => CmdKind::Other,
+    }
+}
+
 fn clamp_u32(v: u64) -> u32 {
     u32::try_from(v).unwrap_or(u32::MAX)
 }
@@ -983,21 +1118,41 @@ fn write_response(
     resid: u32,
     dlog: Option<&DirtyLog>,
 ) -> u32 {
+    let fixed = sense.map(Sense::to_fixed);
+    write_response_raw(
+        mem,
+        resp,
+        response,
+        status as u8,
+        fixed.as_ref().map_or(&[][..], |f| &f[..]),
+        resid,
+        dlog,
+    )
+}
+
+/// [`write_response`] with a raw status byte and sense bytes (cut to the
+/// response's 96 bytes).
+fn write_response_raw(
+    mem: &GuestMem,
+    resp: &Segments,
+    response: u8,
+    status: u8,
+    sense: &[u8],
+    resid: u32,
+    dlog: Option<&DirtyLog>,
+) -> u32 {
     if let Some(d) = dlog {
         d.mark_segments(resp, u64::from(RESP_LEN));
     }
     let mut hdr = CmdRespHeader {
         resid: resid.to_le(),
-        status: status as u8,
+        status,
         response,
         ..CmdRespHeader::default()
     };
-    if let Some(s) = sense {
-        let fixed = s.to_fixed();
-        let n = fixed.len().min(SENSE_SIZE);
-        if let (Some(dst), Some(src)) = (hdr.sense.get_mut(..n), fixed.get(..n)) {
-            dst.copy_from_slice(src);
-        }
+    let n = sense.len().min(SENSE_SIZE);
+    if let (Some(dst), Some(src)) = (hdr.sense.get_mut(..n), sense.get(..n)) {
+        dst.copy_from_slice(src);
         hdr.sense_len = (n as u32).to_le();
     }
     match resp.write_from(mem, hdr.as_slice()) {

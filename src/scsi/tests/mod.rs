@@ -3,6 +3,7 @@
 mod commands;
 mod inquiry;
 mod mode;
+mod passthrough;
 mod robustness;
 mod rw;
 

@@ -196,6 +196,7 @@ fn check_invariants(t: &Target, lun: u16, c: &[u8], data: &[u8]) {
             assert_eq!(l, lun);
             assert!(start.0 < geometry(lun, c).1);
         }
+        Outcome::Passthrough { .. } => panic!("no passthrough unit here: {c:02x?}"),
     }
 }
 

@@ -41,6 +41,8 @@ pub struct Faults {
     /// Requests (read or write) overlapping the range are answered after
     /// the delay (on a thread of their own: others go on meanwhile).
     pub delay: Vec<(Range<u64>, Duration)>,
+    /// As `delay`, for the first request overlapping the range only.
+    pub delay_once: Vec<(Range<u64>, Duration)>,
 }
 
 /// Counters of what the filesystem saw.
@@ -90,11 +92,12 @@ impl FaultFs {
     }
 
     fn delay_for(&self, r: &Range<u64>) -> Option<Duration> {
-        let f = self.faults.lock().unwrap();
-        f.delay
-            .iter()
-            .find(|(d, _)| d.start < r.end && r.start < d.end)
-            .map(|(_, t)| *t)
+        let mut f = self.faults.lock().unwrap();
+        let hit = |(d, _): &(Range<u64>, Duration)| d.start < r.end && r.start < d.end;
+        if let Some(i) = f.delay_once.iter().position(hit) {
+            return Some(f.delay_once.remove(i).1);
+        }
+        f.delay.iter().find(|d| hit(d)).map(|(_, t)| *t)
     }
 
     /// Run `f` now, or on a thread after the delay for `r`.

@@ -1061,9 +1061,11 @@ fn failed_start_leaves_no_socket() {
     let out = run(&["serve", "--rpc-socket", s(&rpc), "--metrics-addr", &addr]);
     assert_one_line_failure(&out, "metrics port taken", &["metrics", &addr]);
     assert!(!rpc.exists(), "metrics port taken: the RPC socket is left");
-    // A controller socket that cannot be bound (no such directory): fails
-    // after the RPC and metrics sockets are bound.
-    let ctrl = dir.path().join("nodir/c.sock");
+    // A controller socket that cannot be bound (its directory cannot be
+    // made: a regular file is in the way): fails after the RPC and metrics
+    // sockets are bound.
+    std::fs::write(dir.path().join("notadir"), b"x").unwrap();
+    let ctrl = dir.path().join("notadir/c.sock");
     let out = run(&[
         "serve",
         "--rpc-socket",

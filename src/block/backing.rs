@@ -44,6 +44,8 @@ pub struct Backing {
     direct: bool,
     /// On tmpfs: page-cache memory with no NOWAIT read/write path.
     memory: bool,
+    /// On FUSE: io_uring submission may block (see [`Backing::blocks_submitter`]).
+    fuse: bool,
     rotational: bool,
     readonly: bool,
     dio_mem_align: usize,
@@ -75,6 +77,16 @@ fn invalid(path: &Path, msg: impl Into<String>) -> BlockError {
 fn is_tmpfs(path: &Path) -> bool {
     nix::sys::statfs::statfs(path)
         .map(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
+        .unwrap_or(false)
+}
+
+/// A FUSE file: reads and writes submitted to io_uring may block the
+/// submitting thread (seen on Linux 6.18: a FUSE read waits for its answer
+/// inside io_uring_enter), so the engine sends them to io_uring's worker
+/// threads instead (IOSQE_ASYNC).
+fn is_fuse(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path)
+        .map(|s| s.filesystem_type() == nix::sys::statfs::FUSE_SUPER_MAGIC)
         .unwrap_or(false)
 }
 
@@ -261,6 +273,7 @@ impl Backing {
             logical_block_size,
             direct,
             memory: kind == BackingKind::File && is_tmpfs(path),
+            fuse: kind == BackingKind::File && is_fuse(path),
             rotational,
             readonly,
             dio_mem_align,
@@ -294,6 +307,7 @@ impl Backing {
             dio_mem_align: 1,
             dio_offset_align: 1,
             discard: DiscardCaps::NONE,
+            fuse: false,
             scsi: Some(dev),
         })
     }
@@ -369,6 +383,13 @@ impl Backing {
     /// that does the same copy. The engine copies inline instead.
     pub fn is_memory(&self) -> bool {
         self.memory
+    }
+    /// A FUSE file: an io_uring read or write of it can block the thread
+    /// that submits it until the filesystem answers (a slow or hung FUSE
+    /// server would stall the queue's worker), so the engine forces it onto
+    /// io_uring's worker threads (IOSQE_ASYNC).
+    pub fn blocks_submitter(&self) -> bool {
+        self.fuse
     }
     /// Opened with O_DIRECT.
     pub fn is_direct(&self) -> bool {

@@ -311,6 +311,11 @@ impl Slot {
                 .flags(types::FsyncFlags::DATASYNC)
                 .build(),
         };
+        let entry = if self._backing.blocks_submitter() {
+            entry.flags(squeue::Flags::ASYNC)
+        } else {
+            entry
+        };
         entry.user_data(idx as u64)
     }
 

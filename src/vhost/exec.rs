@@ -79,7 +79,7 @@ impl WriteGate {
     }
 
     /// Run a diverted write serialised with COMPARE AND WRITE.
-    fn serialised<T>(&self, f: impl FnOnce() -> T) -> T {
+    pub(crate) fn serialised<T>(&self, f: impl FnOnce() -> T) -> T {
         let _serial = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         f()
     }

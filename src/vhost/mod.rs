@@ -15,6 +15,7 @@ mod event_loop;
 mod events;
 mod exec;
 mod inflight;
+mod media_error;
 mod passthrough;
 mod protocol;
 mod ratelimit;

@@ -21,6 +21,7 @@ use super::device::{Device, LunBacking, LunCache};
 use super::dirty::{DirtyLog, LogView, SharedLog};
 use super::exec::{self, Gate, SlowOp};
 use super::inflight::{InflightMark, QueueInflight, Resubmit};
+use super::media_error::{self, RingIo};
 use super::passthrough::{self, PassReply};
 use super::ratelimit::{warn_limited, RateLimit};
 use super::slow::{JobResult, SlowLane};
@@ -71,6 +72,8 @@ struct InFlight {
     lb: Arc<LunBacking>,
     kind: CmdKind,
     start: Instant,
+    /// A ring READ/WRITE, for finding the failing block of a medium error.
+    ring_io: Option<RingIo>,
 }
 
 /// State of one request queue, owned by its worker thread (behind a mutex
@@ -380,12 +383,15 @@ impl RequestWorker {
             if let Some(g) = &req.gate {
                 g.leave_fast();
             }
-            self.account(&req, c.result.is_ok(), now);
             if let (Some(d), IoDir::Read) = (&self.dlog, req.dir) {
                 // The kernel wrote (some of) the data-in: log it before the
                 // guest can see the completion.
                 d.mark_segments(&req.data_in, req.read_len);
             }
+            let Some(req) = self.retry_medium_error(&mut state, req, c.result) else {
+                continue;
+            };
+            self.account(&req, c.result.is_ok(), now);
             let used = match c.result {
                 Ok(_) => {
                     let used = write_response(
@@ -423,6 +429,44 @@ impl RequestWorker {
             self.publish(&mut state, req.head, used);
         }
         signal(&mut state, &mut self.log, self.index);
+    }
+
+    /// A ring READ/WRITE failed with a medium error: redo it block by block
+    /// on the slow lane to find the failing LBA (src/vhost/media_error.rs).
+    /// Returns the request when it is to be completed now.
+    fn retry_medium_error(
+        &mut self,
+        state: &mut State,
+        mut req: InFlight,
+        result: Result<u64, i32>,
+    ) -> Option<InFlight> {
+        let (Err(errno), Some(rio)) = (result, req.ring_io.take()) else {
+            return Some(req);
+        };
+        let Some(job) = media_error::retry_job(
+            &rio,
+            errno,
+            &req.lb.backing,
+            &req.lb.gate,
+            req.lun,
+            &req.mem,
+        ) else {
+            return Some(req);
+        };
+        // The fast-path gate was left already.
+        req.gate = None;
+        let slot = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
+        };
+        if let Some(s) = self.slots.get_mut(slot) {
+            *s = Some(req);
+        }
+        self.push_slow(state, slot, job);
+        None
     }
 
     fn finish_slow(&mut self, done: &mut Vec<(u64, JobResult)>) {
@@ -851,7 +895,13 @@ impl RequestWorker {
             ),
         };
         let backing = lb.backing.clone();
+        let mut req = req;
+        // Moved, not copied: the request keeps only data-in and the response.
+        let data_out = std::mem::take(&mut req.data_out);
         let slot = self.park(head, lb, kind, io.dir, read_len, resid, req, gate, mem);
+        if let Some(Some(r)) = self.slots.get_mut(slot) {
+            r.ring_io = Some(RingIo { io, data_out });
+        }
         self.push_ring(state, slot, &backing, op)
     }
 
@@ -883,6 +933,7 @@ impl RequestWorker {
             lb,
             kind,
             start: self.batch_start,
+            ring_io: None,
         };
         match self.free.pop() {
             Some(i) => {

@@ -14,7 +14,7 @@ mod dirty;
 mod event_loop;
 mod events;
 mod exec;
-mod inflight;
+pub(crate) mod inflight;
 mod protocol;
 mod ratelimit;
 mod server;

@@ -1,0 +1,3 @@
+#![no_main]
+// Target `config`: see src/fuzzing/ and docs/development.md, "Fuzzing".
+libfuzzer_sys::fuzz_target!(|data: &[u8]| vhost_user_scsi::fuzzing::config::run(data));

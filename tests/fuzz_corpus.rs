@@ -61,3 +61,37 @@ fn seed_corpus_passes() {
 fn crashes_found_by_fuzzing_stay_fixed() {
     replay("regressions");
 }
+
+/// `state`, fuzz/regressions/state/empty-file-column-0: an empty state file
+/// (or one ending right after a newline inside a value) was reported at
+/// column 0; positions are 1-based.
+#[test]
+fn state_file_errors_at_end_of_input_have_column_1() {
+    use vhost_user_scsi::mgmt::config::ConfigError;
+    use vhost_user_scsi::mgmt::state::parse;
+    for (text, line) in [("", 1), ("{\n", 2), ("{\"version\": 1,\n", 2)] {
+        match parse(text, Path::new("/s.json")) {
+            Err(ConfigError::Invalid { at, .. }) => assert_eq!(at, Some((line, 1)), "{text:?}"),
+            other => panic!("{text:?}: {other:?}"),
+        }
+    }
+}
+
+/// `state`, fuzz/regressions/state/newline-in-unknown-key: a key with a
+/// newline (`"co\ntrollers"`) made a two-line error; errors are one line.
+/// The same holds for the TOML config (quoted keys).
+#[test]
+fn errors_naming_a_key_with_a_newline_stay_one_line() {
+    use vhost_user_scsi::mgmt::{config, state};
+    let e = state::parse(
+        "{\"version\": 1, \"co\\ntrollers\": []}",
+        Path::new("/s.json"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(!e.contains('\n') && e.contains("co\\ntrollers"), "{e}");
+    let e = config::parse("\"rpc\\nsocket\" = 1\n", Path::new("/c.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(!e.contains('\n') && e.contains("rpc\\nsocket"), "{e}");
+}

@@ -26,4 +26,7 @@ cargo clippy --all-targets -- -D warnings
 section "cargo test"
 cargo test --all-targets
 
+section "fuzz (scripts/fuzz.sh: every target for 10 s)"
+scripts/fuzz.sh
+
 section "all tests passed"

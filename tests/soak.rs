@@ -88,15 +88,17 @@ impl Ledger {
         c: &[u8],
         dir: DataDir<'_>,
     ) -> vhost_user_scsi::frontend::ScsiResponse {
+        // Round robin over the controller's request queues.
+        let queue = (self.commands % fe.num_request_queues() as u64) as usize;
         self.commands += 1;
         let r = fe
-            .command(0, lun, c, dir)
+            .command(queue, lun, c, dir)
             .unwrap_or_else(|e| panic!("command {c:02x?} to LUN {lun} lost: {e}\n{}", d.log()));
         self.answered += 1;
         r
     }
 
-    /// Write `blocks` blocks of a fresh pattern at `lba` and read them back
+    /// Write 8 blocks of a fresh pattern at `lba` and read them back
     /// (a unit attention first is retried, as a guest does).
     fn write_verify(&mut self, d: &Daemon, fe: &ScsiFrontend, lun: u16, lba: u32, gen: u8) {
         let data = pattern(u64::from(lba), gen, 8 * BS);

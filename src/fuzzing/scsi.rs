@@ -158,7 +158,19 @@ fn in_capacity(range: &ByteRange, cap: u64, bs: BlockSize) {
 /// The target's promises to the transport.
 fn check(cfg: &LunConfig, capacity: Option<BlockCount>, outcome: &Outcome, cdb: &[u8]) {
     let bs = cfg.block_size;
-    if let Outcome::Complete { status, sense, .. } = outcome {
+    if let Outcome::Complete {
+        status,
+        sense,
+        data,
+    } = outcome
+    {
+        if let Some(n) = alloc_len(cdb) {
+            assert!(
+                data.len() <= n,
+                "{} bytes for {n} allocated: {cdb:02x?}",
+                data.len()
+            );
+        }
         match status {
             Status::CheckCondition => {
                 let s = sense.expect("CHECK CONDITION without sense");
@@ -236,6 +248,27 @@ fn check(cfg: &LunConfig, capacity: Option<BlockCount>, outcome: &Outcome, cdb: 
             assert_eq!(*lun, LUN);
             assert!(start.0 < cap_blocks.0, "{start:?} beyond {cap_blocks:?}");
         }
+    }
+}
+
+/// The ALLOCATION LENGTH of the data-in commands that have one.
+fn alloc_len(cdb: &[u8]) -> Option<usize> {
+    let be = |at: std::ops::Range<usize>| {
+        cdb.get(at)
+            .map(|b| b.iter().fold(0usize, |a, &x| (a << 8) | usize::from(x)))
+    };
+    match *cdb.first()? {
+        // INQUIRY
+        0x12 => be(3..5),
+        // REQUEST SENSE, MODE SENSE(6)
+        0x03 | 0x1a => be(4..5),
+        // MODE SENSE(10), PERSISTENT RESERVE IN, LOG SENSE
+        0x5a | 0x5e | 0x4d => be(7..9),
+        // REPORT LUNS, MAINTENANCE IN (REPORT SUPPORTED OPERATION CODES)
+        0xa0 | 0xa3 => be(6..10),
+        // SERVICE ACTION IN(16): READ CAPACITY(16), GET LBA STATUS
+        0x9e => be(10..14),
+        _ => None,
     }
 }
 

@@ -132,6 +132,22 @@ put("scsi", "session", session)
 put("scsi", "readonly-4k", scsi_cfg(bs4k=True, blocks_sel=0, flags=0x01, max_xfer=8)
     + u8(200) + cmd(tur) + cmd(bytes([0x88, 0]) + be64(1) + be32(9) + bytes(2))
     + cmd(bytes([0x8a, 0]) + be64(1) + be32(1) + bytes(2)))
+# PERSISTENT RESERVE OUT REGISTER with APTPL, RESERVE, a restart (0x75),
+# READ KEYS / READ RESERVATION; then a saved state from the input (0x76):
+# holder 1, Write Exclusive, two registrations.
+aptpl = scsi_cfg() + cmd(tur, nexus=1)
+aptpl += cmd(bytes([0x5f, 0x00, 0, 0, 0, 0, 0, 0, 24, 0]),
+             bytes(8) + be64(0xabc) + bytes(4) + bytes([1, 0, 0, 0]), nexus=1)
+aptpl += cmd(bytes([0x5f, 0x01, 0x01, 0, 0, 0, 0, 0, 24, 0]), be64(0xabc) + bytes(16), nexus=1)
+aptpl += op(0x75) + cmd(tur, nexus=1)
+aptpl += cmd(bytes([0x5e, 0x00, 0, 0, 0, 0, 0, 0x10, 0, 0]), nexus=1)
+aptpl += cmd(bytes([0x5e, 0x01, 0, 0, 0, 0, 0, 0x10, 0, 0]), nexus=2)
+saved = (b"VUSPR\x00\x00\x01" + be32(3) + bytes([1]) + bytes([1]) + be64(1) + bytes([1])
+         + be32(2) + be64(1) + be64(0x11) + be64(2) + be64(0x22))
+aptpl += op(0x76, 0, u8(len(saved)) + saved) + cmd(tur, nexus=2)
+aptpl += cmd(bytes([0x2a, 0]) + be32(0) + bytes([0]) + be16(1) + bytes([0]), nexus=2)
+aptpl += cmd(bytes([0x5e, 0x00, 0, 0, 0, 0, 0, 0x10, 0, 0]), nexus=2)
+put("scsi", "pr-aptpl-restart", aptpl)
 put("scsi", "unmapped-lun", scsi_cfg() + u8(0x82) + u8(0) + u16(7) + u8(6)
     + bytes([0x12, 0, 0, 0, 36, 0]) + u16(0))
 

@@ -4,7 +4,9 @@
 //! The input configures one logical unit (block size, capacity, read-only,
 //! unmap, transfer limits) and then runs up to [`MAX_OPS`] operations:
 //! commands from one of three I_T nexuses to the LUN or to an unmapped one,
-//! LUN and nexus resets, capacity changes and hot detach/attach. Every
+//! LUN and nexus resets, capacity changes, hot detach/attach and restarts
+//! that restore persistent reservations (saved ones, or bytes from the
+//! input as a damaged saved state). Every
 //! outcome is checked against what the target promises the transport
 //! (ranges inside the capacity, buffer lengths that match the range, sense
 //! data exactly with CHECK CONDITION), and the block operations are done
@@ -12,16 +14,17 @@
 //! they fit in it: written data reads back, allocation maps cover exactly
 //! what was asked.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::path::PathBuf;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use super::Input;
 use crate::block::Backing;
 use crate::scsi::{
-    lba_status_data, BlockIo, ByteRange, IoDir, LbaExtent, LunConfig, NexusId, Outcome, Status,
-    Target,
+    lba_status_data, BlockIo, ByteRange, IoDir, LbaExtent, LunConfig, NexusId, Outcome, PrStore,
+    Status, Target,
 };
 use crate::units::{BlockCount, BlockSize, ByteCount, ByteOffset, Lba};
 
@@ -93,7 +96,8 @@ pub fn run(data: &[u8]) {
     let mut inp = Input::new(data);
     let cfg = config(&mut inp);
     let block_size = cfg.block_size;
-    let Ok(target) = Target::new(vec![cfg.clone()]) else {
+    let store = Arc::new(MemPrStore::default());
+    let Ok(mut target) = Target::with_pr_store(vec![cfg.clone()], store.clone()) else {
         return;
     };
     let disk = disk().lock().unwrap_or_else(|p| p.into_inner());
@@ -119,6 +123,18 @@ pub fn run(data: &[u8]) {
                     target.attach(LUN, unit).expect("LUN was free");
                 }
             }
+            // A daemon restart: the unit comes back with the persistent
+            // reservations it saved (APTPL), or (0x76) with bytes from the
+            // input as its saved state.
+            0x75 | 0x76 => {
+                if op & 0x7f == 0x76 {
+                    let n = usize::from(inp.u8());
+                    store.put(&cfg.identity, inp.bytes(n));
+                }
+                target = Target::with_pr_store(vec![cfg.clone()], store.clone())
+                    .expect("a saved state never stops a restart");
+                cache = target.cache();
+            }
             code => {
                 let cdb_len = usize::from(inp.u8() % 33);
                 let cdb = inp.bytes(cdb_len);
@@ -136,6 +152,30 @@ pub fn run(data: &[u8]) {
                 }
             }
         }
+    }
+}
+
+/// Persistent reservations kept in memory across the restarts of one
+/// input.
+#[derive(Default)]
+struct MemPrStore(Mutex<HashMap<String, Vec<u8>>>);
+
+impl MemPrStore {
+    fn put(&self, id: &str, state: &[u8]) {
+        let mut saved = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        saved.insert(id.to_owned(), state.to_vec());
+    }
+}
+
+impl PrStore for MemPrStore {
+    fn load(&self, id: &str) -> io::Result<Option<Vec<u8>>> {
+        let saved = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(saved.get(id).cloned())
+    }
+
+    fn save(&self, id: &str, state: &[u8]) -> io::Result<()> {
+        self.put(id, state);
+        Ok(())
     }
 }
 

@@ -9,7 +9,11 @@ use std::fs;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
-use vhost_user_scsi::fuzzing::TARGETS;
+use vhost_user_scsi::fuzzing::{LimitedAlloc, TARGETS};
+
+/// As in the fuzz binaries: an allocation over 64 MiB aborts.
+#[global_allocator]
+static ALLOC: LimitedAlloc = LimitedAlloc;
 
 fn inputs(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = fs::read_dir(dir) else {
@@ -57,6 +61,29 @@ fn seed_corpus_passes() {
     assert!(n > 0);
 }
 
+/// The allocation limit works: this test run again as a child that
+/// allocates 128 MiB dies of SIGABRT, saying so.
+#[test]
+fn an_oversized_allocation_aborts() {
+    if std::env::var_os("FUZZ_ALLOC_PROBE").is_some() {
+        let big = vec![1u8; 128 << 20];
+        std::hint::black_box(&big);
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "an_oversized_allocation_aborts", "--nocapture"])
+        .env("FUZZ_ALLOC_PROBE", "1")
+        .output()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(libc::SIGABRT), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("an allocation of 134217728 bytes"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn crashes_found_by_fuzzing_stay_fixed() {
     replay("regressions");
@@ -94,4 +121,53 @@ fn errors_naming_a_key_with_a_newline_stay_one_line() {
         .unwrap_err()
         .to_string();
     assert!(!e.contains('\n') && e.contains("rpc\\nsocket"), "{e}");
+}
+
+/// `scsi`, fuzz/open/scsi/get-lba-status-huge-capacity (not fixed: the fix
+/// belongs in src/scsi/lba_status.rs, which the LUN passthrough work is
+/// changing). GET LBA STATUS on a LUN that cannot unmap answers with one
+/// descriptor per 2^32 blocks up to the ALLOCATION LENGTH: for a LUN of
+/// 2^54 blocks and an allocation length of 64 MiB, a 64 MiB answer (a 128
+/// MiB buffer while it grows). Run in a child, as the allocation limit
+/// aborts.
+#[test]
+#[ignore = "open bug in src/scsi/lba_status.rs (another engineer's file): GET LBA STATUS data not bounded"]
+fn get_lba_status_data_is_bounded() {
+    use vhost_user_scsi::scsi::{LunConfig, NexusId, Outcome, Target};
+    use vhost_user_scsi::units::{BlockCount, BlockSize};
+    if std::env::var_os("FUZZ_LBA_STATUS_PROBE").is_some() {
+        let t = Target::new(vec![LunConfig::new(
+            0,
+            BlockSize::B512,
+            BlockCount(0x0052_5053_aa56_0000),
+        )])
+        .unwrap();
+        let mut cdb = [0u8; 16];
+        cdb[0] = 0x9e;
+        cdb[1] = 0x12;
+        cdb[10..14].copy_from_slice(&0x0400_1200u32.to_be_bytes());
+        let mut none: &[u8] = &[];
+        t.execute(NexusId(0), 0, &[0; 6], &mut none); // the POWER ON UA
+        match t.execute(NexusId(0), 0, &cdb, &mut none) {
+            Outcome::Complete { data, .. } => assert!(data.len() <= 1 << 20, "{}", data.len()),
+            other => panic!("{other:?}"),
+        }
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "get_lba_status_data_is_bounded",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("FUZZ_LBA_STATUS_PROBE", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -89,3 +89,56 @@ impl<'a> Input<'a> {
         self.bytes(self.data.len())
     }
 }
+
+/// Largest single allocation the fuzz binaries allow (see [`LimitedAlloc`]).
+pub const MAX_ALLOC: usize = 64 << 20;
+
+/// The fuzz binaries' global allocator: the system allocator, aborting
+/// with a backtrace on any single allocation over [`MAX_ALLOC`]. Without
+/// AddressSanitizer libFuzzer cannot see allocation sizes, and a zeroed
+/// allocation of gigabytes costs no resident memory until touched, so an
+/// input that makes the daemon allocate what a guest or a client asked for
+/// (a length from a CDB, a descriptor, a JSON number) would go unnoticed.
+pub struct LimitedAlloc;
+
+static REPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn check_size(size: usize) {
+    use std::sync::atomic::Ordering;
+    if size > MAX_ALLOC && !REPORTING.swap(true, Ordering::SeqCst) {
+        // The report allocates (small amounts): REPORTING keeps it from
+        // recursing here.
+        eprintln!(
+            "fuzzing: an allocation of {size} bytes (limit {MAX_ALLOC}) at\n{}",
+            std::backtrace::Backtrace::force_capture()
+        );
+        std::process::abort();
+    }
+}
+
+// SAFETY: every method forwards to `System` with the caller's arguments
+// unchanged; `check_size` only reads the size.
+unsafe impl std::alloc::GlobalAlloc for LimitedAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        check_size(layout.size());
+        // SAFETY: the caller's contract for `alloc`, passed on.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        check_size(layout.size());
+        // SAFETY: the caller's contract for `alloc_zeroed`, passed on.
+        unsafe { std::alloc::System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        check_size(new_size);
+        // SAFETY: the caller's contract for `realloc`, passed on.
+        unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: the caller's contract for `dealloc`, passed on.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+}

@@ -11,11 +11,14 @@
 //!
 //! [`frontend`] is a vhost-user *frontend* (QEMU's side) used by the host
 //! integration tests and the benchmark; [`cli`] is the command line.
+//! `fuzzing` holds the fuzz targets (`fuzz/`, docs/development.md).
 
 pub mod bench;
 pub mod block;
 pub mod cli;
 pub mod frontend;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod mgmt;
 pub mod scsi;
 pub mod units;

@@ -109,9 +109,27 @@ impl fmt::Display for Located<'_> {
             write!(f, ":{line}:{col}")?;
         }
         if !self.key.is_empty() {
-            write!(f, ": {}", self.key)?;
+            write!(f, ": {}", OneLine(self.key))?;
         }
-        write!(f, ": {}", self.message)
+        write!(f, ": {}", OneLine(self.message))
+    }
+}
+
+/// Text with its control characters escaped (`\n`, `\u{1b}`), so that an
+/// error stays one line whatever key or value the file quotes (a TOML or
+/// JSON key may hold a newline; found by fuzzing).
+struct OneLine<'a>(&'a str);
+
+impl fmt::Display for OneLine<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in self.0.chars() {
+            if c.is_control() {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                write!(f, "{c}")?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -161,7 +161,9 @@ pub fn parse(text: &str, file: &Path) -> Result<SavedState, ConfigError> {
 
 /// Line and column of a JSON error, if it has them.
 fn json_at(e: &serde_json::Error) -> Option<(usize, usize)> {
-    (e.line() > 0).then(|| (e.line(), e.column()))
+    // serde_json says column 0 for an end of input right after a newline
+    // (or an empty file); we promise 1-based columns (found by fuzzing).
+    (e.line() > 0).then(|| (e.line(), e.column().max(1)))
 }
 
 /// A JSON error's message without serde_json's " at line L column C".

@@ -11,6 +11,13 @@ const HEADER: usize = 8;
 /// LBA status descriptor (SBC-4 5.7.3): LBA 0-7, NUMBER OF LOGICAL BLOCKS
 /// 8-11, PROVISIONING STATUS byte 12 bits 3-0, reserved 13-15.
 const DESCRIPTOR: usize = 16;
+/// Most LBA status descriptors one answer carries (16 KiB). SBC-4 5.7.2
+/// lets the device server return fewer than the ALLOCATION LENGTH holds:
+/// the application client asks again from the next LBA. Without a cap, a
+/// LUN of 2^54 blocks that cannot deallocate answered with one descriptor
+/// per 2^32 blocks, up to a 256 MiB buffer for one command (found by
+/// fuzzing, tests/fuzz_corpus.rs).
+const MAX_DESCRIPTORS: usize = 1024;
 
 /// GET LBA STATUS: STARTING LOGICAL BLOCK ADDRESS bytes 2-9, ALLOCATION
 /// LENGTH bytes 10-13, REPORT TYPE byte 14 bits 1-0. STARTING LBA beyond
@@ -58,7 +65,7 @@ pub fn get_lba_status(ctx: &Ctx<'_>) -> Result<Outcome, Sense> {
 /// PROVISIONING STATUS: 0h mapped, 1h deallocated.
 pub fn lba_status_data(start: Lba, extents: &[LbaExtent], alloc_len: u32) -> Vec<u8> {
     let room = usize::try_from(alloc_len).unwrap_or(usize::MAX);
-    let max_desc = room.saturating_sub(HEADER) / DESCRIPTOR;
+    let max_desc = (room.saturating_sub(HEADER) / DESCRIPTOR).min(MAX_DESCRIPTORS);
     let mut merged: Vec<(u64, u64, bool)> = Vec::new();
     for e in extents {
         let end = e.lba.0.saturating_add(e.blocks.0);

@@ -14,7 +14,7 @@ mod dirty;
 mod event_loop;
 mod events;
 mod exec;
-mod inflight;
+pub(crate) mod inflight;
 mod media_error;
 mod passthrough;
 mod protocol;

@@ -49,7 +49,7 @@ use std::time::{Duration, Instant};
 
 mod guest_harness;
 use guest_harness::{
-    daemon_binary, harness_ready, lock, logs_dir, repo_root, sparse_image, work_dir,
+    daemon_binary, harness_ready, lock, logs_dir, pattern, repo_root, sparse_image, work_dir,
 };
 
 const MIB: u64 = 1024 * 1024;
@@ -103,23 +103,6 @@ const DD_WRITES: [(u32, u64, u64); 6] = [
 /// (lun, byte offset, length) written by the host into the read-only image
 /// before the boot and read back by the guest.
 const DD_HOST_WRITTEN: [(u32, u64, u64); 2] = [(2, 4096, 65536), (2, 16 * MIB - 512, 512)];
-
-/// The bytes tests/guest/lib.sh `pattern` generates: 64-byte records
-/// "vhost-user-scsi seed=S lun=L pos=P", left-justified in 63 characters plus
-/// a newline, P being the record's absolute byte offset.
-fn pattern(seed: u64, lun: u32, offset: u64, len: u64) -> Vec<u8> {
-    assert_eq!(len % 64, 0, "pattern length must be a multiple of 64");
-    let mut out = String::with_capacity(len as usize);
-    for i in 0..len / 64 {
-        let rec = format!(
-            "vhost-user-scsi seed={seed} lun={lun} pos={}",
-            offset + 64 * i
-        );
-        writeln!(out, "{rec:<63}").unwrap();
-    }
-    assert_eq!(out.len() as u64, len);
-    out.into_bytes()
-}
 
 fn regions(list: &[(u32, u64, u64)]) -> String {
     list.iter()

@@ -28,7 +28,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use guest_harness::{
-    daemon_binary, harness_ready, lock, logs_dir, repo_root, socket_dir, work_dir,
+    daemon_binary, harness_ready, lock, logs_dir, pattern, repo_root, socket_dir, work_dir,
 };
 
 const MIB: u64 = 1 << 20;
@@ -41,19 +41,6 @@ const SLOW_RESET: u64 = 7100;
 const SLOW_DELAY_1: Duration = Duration::from_secs(8);
 const SLOW_DELAY_2: Duration = Duration::from_secs(6);
 const GUEST_TIMEOUT: u32 = 3;
-
-/// tests/guest/lib.sh `pattern` (see tests/guest_e2e.rs).
-fn pattern(seed: u64, lun: u32, offset: u64, len: u64) -> Vec<u8> {
-    let mut out = String::new();
-    for i in 0..len / 64 {
-        let rec = format!(
-            "vhost-user-scsi seed={seed} lun={lun} pos={}",
-            offset + 64 * i
-        );
-        writeln!(out, "{rec:<63}").unwrap();
-    }
-    out.into_bytes()
-}
 
 fn sector(lba: u64) -> std::ops::Range<u64> {
     lba * 512..(lba + 1) * 512

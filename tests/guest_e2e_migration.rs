@@ -48,8 +48,8 @@ use serde_json::{json, Value};
 
 mod guest_harness;
 use guest_harness::{
-    daemon_binary, harness_ready, lock, logs_dir, repo_root, socket_dir, sparse_image, tail,
-    work_dir,
+    daemon_binary, harness_ready, lock, logs_dir, pattern, repo_root, socket_dir, sparse_image,
+    tail, work_dir,
 };
 
 const MIB: u64 = 1024 * 1024;
@@ -64,20 +64,6 @@ const FIO_RUNTIME_SECS: u64 = 30;
 const GUEST_TIMEOUT: Duration = Duration::from_secs(300);
 /// From `migrate` to `completed`.
 const MIGRATE_TIMEOUT: Duration = Duration::from_secs(180);
-
-/// The bytes tests/guest/lib.sh `pattern SEED LUN OFFSET LEN` generates.
-fn pattern(seed: u64, lun: u32, offset: u64, len: u64) -> Vec<u8> {
-    use std::fmt::Write as _;
-    let mut out = String::new();
-    for i in 0..len / 64 {
-        let rec = format!(
-            "vhost-user-scsi seed={seed} lun={lun} pos={}",
-            offset + 64 * i
-        );
-        writeln!(out, "{rec:<63}").unwrap();
-    }
-    out.into_bytes()
-}
 
 // ---------------------------------------------------------------- daemon
 

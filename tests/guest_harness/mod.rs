@@ -100,3 +100,21 @@ pub fn harness_ready(test: &str) -> bool {
     eprintln!("**********************************************************************\n");
     false
 }
+
+/// The bytes tests/guest/lib.sh `pattern SEED LUN OFFSET LEN` generates:
+/// 64-byte records "vhost-user-scsi seed=S lun=L pos=P", left-justified in
+/// 63 characters plus a newline, P being the record's absolute byte offset.
+pub fn pattern(seed: u64, lun: u32, offset: u64, len: u64) -> Vec<u8> {
+    use std::fmt::Write as _;
+    assert_eq!(len % 64, 0, "pattern length must be a multiple of 64");
+    let mut out = String::with_capacity(len as usize);
+    for i in 0..len / 64 {
+        let rec = format!(
+            "vhost-user-scsi seed={seed} lun={lun} pos={}",
+            offset + 64 * i
+        );
+        writeln!(out, "{rec:<63}").unwrap();
+    }
+    assert_eq!(out.len() as u64, len);
+    out.into_bytes()
+}

@@ -11,25 +11,6 @@ mod common;
 
 use common::{bin, image, run};
 
-/// Exit code 1, exactly one line on stderr containing `needle`, and no
-/// socket left behind.
-fn assert_rejected(args: &[&str], needle: &str, socket: &Path) {
-    let out = run(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
-    assert_eq!(
-        stderr.trim_end().lines().count(),
-        1,
-        "{args:?}: not one line: {stderr}"
-    );
-    assert!(
-        stderr.contains(needle),
-        "{args:?}: {stderr:?} lacks {needle:?}"
-    );
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    assert!(!socket.exists(), "{args:?} left a socket");
-}
-
 #[test]
 fn bad_input_is_one_line_and_exit_1() {
     let dir = tempfile::tempdir().unwrap();
@@ -147,7 +128,7 @@ fn bad_input_is_one_line_and_exit_1() {
     ];
     for (args, needle) in cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        assert_rejected(&args, needle, &sock);
+        common::assert_rejected(&args, &[needle], &sock);
     }
 }
 

@@ -15,7 +15,7 @@ use serde_json::json;
 use vhost_user_scsi::mgmt::api::code;
 use vhost_user_scsi::mgmt::rpc_client::ClientError;
 
-use common::{image, run, Daemon};
+use common::{image, Daemon};
 
 /// A loop device over a file, detached on drop.
 struct Loop(String);
@@ -42,22 +42,6 @@ impl Drop for Loop {
     fn drop(&mut self) {
         let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
     }
-}
-
-/// Exit code 1, one line on stderr containing every needle, no socket.
-fn assert_refused(args: &[&str], needles: &[&str], socket: &Path) {
-    let out = run(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
-    assert_eq!(
-        stderr.trim_end().lines().count(),
-        1,
-        "{args:?}: not one line: {stderr}"
-    );
-    for n in needles {
-        assert!(stderr.contains(n), "{args:?}: {stderr:?} lacks {n:?}");
-    }
-    assert!(!socket.exists(), "{args:?} left a socket");
 }
 
 #[test]
@@ -116,7 +100,7 @@ fn non_scsi_devices_and_bad_options_are_refused_on_the_command_line() {
     for (args, needles) in &cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let needles: Vec<&str> = needles.iter().map(String::as_str).collect();
-        assert_refused(&args, &needles, &sock);
+        common::assert_rejected(&args, &needles, &sock);
     }
 
     // A config file: the same checks, with the file position.
@@ -126,7 +110,7 @@ fn non_scsi_devices_and_bad_options_are_refused_on_the_command_line() {
     );
     std::fs::write(&cfg, body).unwrap();
     let c = cfg.to_str().unwrap();
-    assert_refused(
+    common::assert_rejected(
         &["serve", "--config", c],
         &["vus.toml:", "passthrough cannot be combined with serial"],
         &sock,
@@ -135,7 +119,7 @@ fn non_scsi_devices_and_bad_options_are_refused_on_the_command_line() {
         "[[controller]]\nname = \"vm1\"\nsocket = \"{s}\"\n\n[[controller.lun]]\npath = \"{img}\"\npassthrough = true\n"
     );
     std::fs::write(&cfg, body).unwrap();
-    assert_refused(
+    common::assert_rejected(
         &["serve", "--config", c],
         &[img, "a regular file; passthrough needs a SCSI device"],
         &sock,

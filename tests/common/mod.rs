@@ -336,3 +336,21 @@ pub fn run(args: &[&str]) -> std::process::Output {
     }
     child.wait_with_output().unwrap()
 }
+
+/// Exit code 1, exactly one line on stderr containing every needle, no
+/// panic, and no socket left at `socket`.
+pub fn assert_rejected(args: &[&str], needles: &[&str], socket: &Path) {
+    let out = run(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "{args:?}: not one line: {stderr}"
+    );
+    for n in needles {
+        assert!(stderr.contains(n), "{args:?}: {stderr:?} lacks {n:?}");
+    }
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!socket.exists(), "{args:?} left a socket");
+}

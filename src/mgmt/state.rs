@@ -553,8 +553,8 @@ mod tests {
     fn damaged_files_are_one_line_naming_the_file() {
         let cases: &[(&str, &str)] = &[
             // Not JSON, cut short, empty.
-            ("{\"version\": 1,\n \"controllers\": [\n", "/var/lib/vus/state.json:3:0: EOF while parsing a list"),
-            ("", "/var/lib/vus/state.json:1:0: EOF while parsing a value"),
+            ("{\"version\": 1,\n \"controllers\": [\n", "/var/lib/vus/state.json:3:1: EOF while parsing a list"),
+            ("", "/var/lib/vus/state.json:1:1: EOF while parsing a value"),
             (
                 "{\"version\": 1} x",
                 "/var/lib/vus/state.json:1:16: trailing characters",

@@ -433,7 +433,7 @@ fn damaged_state_file_is_one_line_and_exit_1() {
             "{\"version\": 1,\n  \"controllers\": [\n".into(),
             vec![":3:", "EOF"],
         ),
-        ("empty", String::new(), vec![":1:0:", "EOF"]),
+        ("empty", String::new(), vec![":1:1:", "EOF"]),
         (
             "unknown version",
             r#"{"version": 2, "controllers": []}"#.into(),

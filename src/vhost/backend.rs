@@ -53,6 +53,8 @@ struct Inner {
     dirty: SharedLog,
     /// Bound of the request queues' adaptive polling window (0: off).
     poll_max_us: u32,
+    /// Per request queue: requests in flight (set by its worker).
+    queue_stats: Vec<Arc<QueueStats>>,
 }
 
 impl ScsiBackend {
@@ -103,6 +105,7 @@ impl ScsiBackend {
                 vrings,
                 dirty,
                 poll_max_us,
+                queue_stats: queue_stats.to_vec(),
             }),
         })
     }
@@ -150,6 +153,16 @@ impl ScsiBackend {
                 return false;
             }
         }
+    }
+
+    /// Has request thread `thread` requests in flight (started, not
+    /// completed)? Then what it waits for is the backing store, else the
+    /// guest: the two waits get separate polling windows.
+    pub(crate) fn has_in_flight(&self, thread: usize) -> bool {
+        thread
+            .checked_sub(1)
+            .and_then(|i| self.inner.queue_stats.get(i))
+            .is_some_and(|s| s.in_flight() > 0)
     }
 
     /// Request thread `thread` is about to sleep after polling: re-arm

@@ -108,6 +108,9 @@ fn run_serve(args: &ServeArgs) -> anyhow::Result<()> {
     if let Some(m) = &args.socket_mode {
         validate::socket_mode(m).map_err(|e| anyhow::anyhow!("--socket-mode: {e}"))?;
     }
+    if let Some(n) = args.poll_max_us {
+        validate::poll_max_us(n).map_err(|e| anyhow::anyhow!("--poll-max-us: {e}"))?;
+    }
     let rpc_gid = match (&args.rpc_socket_group, &file.rpc_socket_group) {
         (Some(g), _) => Some(
             validate::socket_group(g).map_err(|e| anyhow::anyhow!("--rpc-socket-group: {e}"))?,
@@ -207,6 +210,7 @@ fn run_serve(args: &ServeArgs) -> anyhow::Result<()> {
     let sockets = SocketDefaults {
         group: args.socket_group.clone().or(file.socket_group.clone()),
         mode: args.socket_mode.clone().or(file.socket_mode.clone()),
+        poll_max_us: args.poll_max_us.or(file.poll_max_us),
     };
     let manager = Manager::with_options(pr_store, state_file, sockets);
     let batch = manager.prepare_all(&list).map_err(|e| match &source {

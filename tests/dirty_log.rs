@@ -435,6 +435,17 @@ fn run_and_check(
     let mut may = cmd.din_ranges();
     may.push(used_all);
     let mut named = vec![("response", cmd.resp_hdr_range()), ("used ring", used_all)];
+    // A polling worker (the default) re-arms guest notifications, writing
+    // avail_event in its used ring, only when it goes to sleep: up to one
+    // polling window after its last completion was seen, so possibly in
+    // the next command's log. That is a device write to a used ring.
+    for q in 0..fe.num_request_queues() {
+        let (_, other) = used_parts(fe, FIRST_REQUEST_QUEUE + q);
+        if other != used_all {
+            may.push(other);
+            named.push(("another queue's used ring", other));
+        }
+    }
     named.extend(cmd.din_ranges().into_iter().map(|r| ("data-in", r)));
     named.extend(
         cmd.device_readable()

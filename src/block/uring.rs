@@ -662,6 +662,16 @@ impl Engine {
     pub fn reap(&mut self, out: &mut Vec<Completion>) -> Result<(), BlockError> {
         self.enable()?;
         self.clear_eventfd();
+        self.reap_pending(out)
+    }
+
+    /// [`Engine::reap`] without resetting the eventfd (a poller that
+    /// looked at [`Engine::has_completions`]; no system call on a plain
+    /// ring unless resubmissions or an overflow need one). Call
+    /// [`Engine::clear_event`] and look again before sleeping on the
+    /// eventfd.
+    pub fn reap_pending(&mut self, out: &mut Vec<Completion>) -> Result<(), BlockError> {
+        self.enable()?;
         out.append(&mut self.st.ready);
         // A single-issuer ring posts completions only when its issuer enters
         // the kernel; a plain ring posts them directly, so it needs a system
@@ -687,6 +697,11 @@ impl Engine {
     /// only: no system call.
     pub fn has_completions(&mut self) -> bool {
         !self.st.ready.is_empty() || !self.ring.completion().is_empty()
+    }
+
+    /// Reset the completion eventfd (after [`Engine::reap_pending`]).
+    pub fn clear_event(&self) {
+        self.clear_eventfd();
     }
 
     /// Ops in the submission queue, not yet handed to the kernel.

@@ -62,6 +62,10 @@ pub enum CtlCommand {
         /// --socket-mode, else 0660 with a group).
         #[arg(long, value_name = "MODE")]
         socket_mode: Option<String>,
+        /// Bound of the adaptive polling window in µs, 0 for none
+        /// (default: the daemon's --poll-max-us, else 32).
+        #[arg(long, value_name = "US")]
+        poll_max_us: Option<u32>,
     },
     /// Delete a controller and its LUNs.
     #[command(name = "controller_delete", alias = "controller-delete")]
@@ -190,6 +194,7 @@ pub fn request(cmd: &CtlCommand) -> anyhow::Result<(String, Option<Value>)> {
             initiator,
             socket_group,
             socket_mode,
+            poll_max_us,
         } => Some(serde_json::to_value(ControllerCreate {
             name: name.clone(),
             socket: absolute(socket)?,
@@ -198,6 +203,7 @@ pub fn request(cmd: &CtlCommand) -> anyhow::Result<(String, Option<Value>)> {
             initiator: initiator.clone(),
             socket_group: socket_group.clone(),
             socket_mode: socket_mode.clone(),
+            poll_max_us: *poll_max_us,
         })?),
         CtlCommand::ControllerDelete { name, force } => {
             Some(serde_json::to_value(ControllerDelete {
@@ -741,6 +747,7 @@ mod tests {
                 initiator: None,
                 socket_group: None,
                 socket_mode: None,
+                poll_max_us: 32,
                 connected: true,
                 state: "connected".into(),
                 last_error: None,
@@ -754,6 +761,7 @@ mod tests {
                 initiator: None,
                 socket_group: None,
                 socket_mode: None,
+                poll_max_us: 32,
                 connected: false,
                 state: "retrying".into(),
                 last_error: Some("cannot create the backend: Too many open files".into()),

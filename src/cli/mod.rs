@@ -102,6 +102,13 @@ pub struct ServeArgs {
     #[arg(long, value_name = "MODE")]
     pub socket_mode: Option<String>,
 
+    /// Bound of every request queue's adaptive polling window in
+    /// microseconds (0 turns polling off; default 32, like QEMU's
+    /// poll-max-ns): a busy queue's worker watches its rings this long
+    /// before it sleeps. A controller's own `poll_max_us` wins.
+    #[arg(long, value_name = "US")]
+    pub poll_max_us: Option<u32>,
+
     /// Group of the JSON-RPC socket, which then has mode 0660 (else 0600).
     #[arg(long, value_name = "GROUP", requires = "rpc_socket")]
     pub rpc_socket_group: Option<String>,
@@ -188,6 +195,7 @@ impl ServeArgs {
             initiator: self.initiator.clone(),
             socket_group: None,
             socket_mode: None,
+            poll_max_us: None,
         };
         Ok(Some((create, luns)))
     }

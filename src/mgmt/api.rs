@@ -36,6 +36,11 @@ pub struct ControllerCreate {
     /// `--socket-mode`, else 0660 with a group, else what the umask gives.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket_mode: Option<String>,
+    /// Bound of the request queues' adaptive polling window in µs (0:
+    /// no polling, 0..=1000000); default: the daemon's `--poll-max-us`,
+    /// else 32.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub poll_max_us: Option<u32>,
 }
 
 /// `controller_delete` parameters.
@@ -172,6 +177,9 @@ pub struct ControllerInfo {
     /// The socket file's mode (octal), when one was set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket_mode: Option<String>,
+    /// Bound of the adaptive polling window in effect, µs (0: off).
+    #[serde(default)]
+    pub poll_max_us: u32,
     /// A frontend (QEMU) is connected.
     pub connected: bool,
     /// `listening`, `connected`, `retrying` (an error stopped the last

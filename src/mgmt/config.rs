@@ -55,6 +55,9 @@ pub struct Config {
     pub socket_group: Option<String>,
     /// Mode of every controller socket (`--socket-mode`).
     pub socket_mode: Option<String>,
+    /// Bound of every controller's adaptive polling window, µs
+    /// (`--poll-max-us`).
+    pub poll_max_us: Option<u32>,
     /// Group of the RPC socket, then mode 0660 (`--rpc-socket-group`).
     pub rpc_socket_group: Option<String>,
     /// The `[[controller]]` tables, in file order.
@@ -242,6 +245,8 @@ struct RawConfig {
     #[serde(default)]
     socket_mode: Option<Spanned<String>>,
     #[serde(default)]
+    poll_max_us: Option<Spanned<u32>>,
+    #[serde(default)]
     rpc_socket_group: Option<Spanned<String>>,
     #[serde(default)]
     controller: Vec<RawController>,
@@ -262,6 +267,8 @@ struct RawController {
     socket_group: Option<Spanned<String>>,
     #[serde(default)]
     socket_mode: Option<Spanned<String>>,
+    #[serde(default)]
+    poll_max_us: Option<Spanned<u32>>,
     #[serde(default)]
     lun: Vec<RawLun>,
 }
@@ -339,6 +346,9 @@ impl RawConfig {
                 |m| validate::socket_mode(m).map(drop),
             )?;
         }
+        if let Some(n) = &self.poll_max_us {
+            field(n, || "poll_max_us".into(), |&n| validate::poll_max_us(n))?;
+        }
         // Name -> index of the controller using it; socket -> key using it.
         let mut names: HashMap<&str, usize> = HashMap::new();
         let mut sockets: HashMap<PathBuf, String> = HashMap::new();
@@ -406,6 +416,9 @@ impl RawConfig {
             if let Some(n) = &c.queue_size {
                 field(n, || key("queue_size"), |&n| validate::queue_size(n))?;
             }
+            if let Some(n) = &c.poll_max_us {
+                field(n, || key("poll_max_us"), |&n| validate::poll_max_us(n))?;
+            }
             let mut luns: HashMap<u16, usize> = HashMap::new();
             for (j, l) in c.lun.iter().enumerate() {
                 let key = |k: &str| format!("controller[{i}].lun[{j}].{k}");
@@ -459,6 +472,7 @@ impl RawConfig {
             state_file: self.state_file.map(Spanned::into_inner),
             socket_group: self.socket_group.map(Spanned::into_inner),
             socket_mode: self.socket_mode.map(Spanned::into_inner),
+            poll_max_us: self.poll_max_us.map(Spanned::into_inner),
             rpc_socket_group: self.rpc_socket_group.map(Spanned::into_inner),
             controllers: self
                 .controller
@@ -472,6 +486,7 @@ impl RawConfig {
                         initiator: c.initiator.map(Spanned::into_inner),
                         socket_group: c.socket_group.map(Spanned::into_inner),
                         socket_mode: c.socket_mode.map(Spanned::into_inner),
+                        poll_max_us: c.poll_max_us.map(Spanned::into_inner),
                     },
                     luns: c
                         .lun
@@ -541,6 +556,7 @@ socket = "/run/vus/vm2.sock"
                 state_file: None,
                 socket_group: None,
                 socket_mode: None,
+                poll_max_us: None,
                 rpc_socket_group: None,
                 controllers: vec![
                     ControllerConfig {
@@ -552,6 +568,7 @@ socket = "/run/vus/vm2.sock"
                             initiator: None,
                             socket_group: None,
                             socket_mode: None,
+                            poll_max_us: None,
                         },
                         luns: vec![
                             LunSpec {
@@ -581,6 +598,7 @@ socket = "/run/vus/vm2.sock"
                             initiator: None,
                             socket_group: None,
                             socket_mode: None,
+                            poll_max_us: None,
                         },
                         luns: vec![],
                     },
@@ -650,18 +668,32 @@ socket = "/run/vus/vm2.sock"
     }
 
     #[test]
+    fn poll_bounds() {
+        let c = parse(
+            &format!("poll_max_us = 50\n{CTL}poll_max_us = 0\n"),
+            Path::new(FILE),
+        )
+        .unwrap();
+        assert_eq!(c.poll_max_us, Some(50));
+        assert_eq!(c.controllers[0].create.poll_max_us, Some(0));
+        assert!(error("poll_max_us = 2000000\n").contains("poll_max_us: 2000000 is more than"));
+        assert!(error(&format!("{CTL}poll_max_us = 1000001\n"))
+            .contains("controller[0].poll_max_us: 1000001 is more than"));
+    }
+
+    #[test]
     fn unknown_keys() {
         assert_eq!(
             error("\nfoo = 1\n"),
             "/etc/vus.toml:2:1: foo: unknown field `foo`, expected one of \
              `rpc_socket`, `metrics_addr`, `pr_state`, `state_file`, `socket_group`, \
-             `socket_mode`, `rpc_socket_group`, `controller`"
+             `socket_mode`, `poll_max_us`, `rpc_socket_group`, `controller`"
         );
         assert_eq!(
             error(&format!("{CTL}bogus = 1\n")),
             "/etc/vus.toml:4:1: controller[0].bogus: unknown field `bogus`, expected one of \
              `name`, `socket`, `num_queues`, `queue_size`, `initiator`, `socket_group`, \
-             `socket_mode`, `lun`"
+             `socket_mode`, `poll_max_us`, `lun`"
         );
         let e = error(&format!(
             "{CTL}[[controller.lun]]\npath = \"/a\"\nread_only = true\n"

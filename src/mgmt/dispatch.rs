@@ -206,6 +206,7 @@ pub(crate) mod tests {
                 initiator: None,
                 socket_group: None,
                 socket_mode: None,
+                poll_max_us: 32,
                 connected: false,
                 state: "listening".into(),
                 last_error: None,

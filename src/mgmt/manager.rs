@@ -57,6 +57,9 @@ struct Disk {
 pub struct SocketDefaults {
     pub group: Option<String>,
     pub mode: Option<String>,
+    /// The daemon-wide bound of the adaptive polling window, µs (`serve
+    /// --poll-max-us`, the config file's `poll_max_us`; None: 32).
+    pub poll_max_us: Option<u32>,
 }
 
 /// A controller before it listens: checked, disks open, LUNs attached.
@@ -70,6 +73,10 @@ struct Prepared {
     /// (what the state file keeps).
     socket_group: Option<String>,
     socket_mode: Option<String>,
+    /// `poll_max_us` as given (what the state file keeps).
+    poll_given: Option<u32>,
+    /// The polling bound in effect (given, else the daemon's default).
+    poll_max_us: u32,
     /// In effect: the given values, else the daemon's defaults.
     access: SocketAccess,
     /// The effective group as named, and the mode, for `controller_list`.
@@ -287,6 +294,7 @@ impl Manager {
                 initiator: p.initiator.clone(),
                 socket_group: p.socket_group.clone(),
                 socket_mode: p.socket_mode.clone(),
+                poll_max_us: p.poll_given,
                 luns: p
                     .luns
                     .iter()
@@ -360,6 +368,11 @@ impl Manager {
         validate::num_queues(num_queues).map_err(|e| invalid("num_queues", e))?;
         let queue_size = create.queue_size.unwrap_or(validate::DEFAULT_QUEUE_SIZE);
         validate::queue_size(queue_size).map_err(|e| invalid("queue_size", e))?;
+        let poll_max_us = create
+            .poll_max_us
+            .or(self.sockets.poll_max_us)
+            .unwrap_or(crate::vhost::poll::DEFAULT_POLL_MAX_US);
+        validate::poll_max_us(poll_max_us).map_err(|e| invalid("poll_max_us", e))?;
         let all = || st.controllers.values().map(|c| &c.p).chain(pending.iter());
         if all().any(|p| p.name == create.name) {
             return Err(ApiError::exists(format!(
@@ -401,6 +414,8 @@ impl Manager {
             initiator: create.initiator.clone(),
             socket_group: create.socket_group.clone(),
             socket_mode: create.socket_mode.clone(),
+            poll_given: create.poll_max_us,
+            poll_max_us,
             access,
             shown_group,
             nexus,
@@ -460,6 +475,7 @@ impl Manager {
             nexus: p.nexus,
             request_queues: usize::from(p.num_queues),
             queue_size: usize::from(p.queue_size),
+            poll_max_us: p.poll_max_us,
         };
         let thread = {
             let device = p.device.clone();
@@ -598,6 +614,7 @@ impl Manager {
             initiator: p.initiator.clone(),
             socket_group: p.shown_group.clone(),
             socket_mode: p.access.mode.map(|m| format!("{m:04o}")),
+            poll_max_us: p.poll_max_us,
             connected: c.server.connected(),
             state: c.server.health().state.as_str().to_string(),
             last_error: c.server.health().last_error,

@@ -87,6 +87,8 @@ pub struct SavedController {
     pub socket_group: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket_mode: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub poll_max_us: Option<u32>,
     /// The LUNs, as `lun_add` would be given them.
     #[serde(default)]
     pub luns: Vec<LunSpec>,
@@ -104,6 +106,7 @@ impl SavedController {
                 initiator: self.initiator,
                 socket_group: self.socket_group,
                 socket_mode: self.socket_mode,
+                poll_max_us: self.poll_max_us,
             },
             self.luns,
         )
@@ -225,6 +228,9 @@ fn check(state: &SavedState) -> Result<(), (String, String)> {
         }
         if let Some(n) = c.queue_size {
             validate::queue_size(n).map_err(at("queue_size"))?;
+        }
+        if let Some(n) = c.poll_max_us {
+            validate::poll_max_us(n).map_err(at("poll_max_us"))?;
         }
         let mut luns: HashMap<u16, usize> = HashMap::new();
         for (j, l) in c.luns.iter().enumerate() {
@@ -412,6 +418,7 @@ mod tests {
                     initiator: None,
                     socket_group: None,
                     socket_mode: None,
+                    poll_max_us: Some(0),
                     num_queues: Some(2),
                     queue_size: Some(128),
                     luns: vec![
@@ -430,6 +437,7 @@ mod tests {
                     initiator: None,
                     socket_group: None,
                     socket_mode: None,
+                    poll_max_us: None,
                     num_queues: Some(4),
                     queue_size: Some(256),
                     luns: vec![],

@@ -149,6 +149,15 @@ pub fn socket_group(group: &str) -> Result<u32, String> {
     }
 }
 
+/// Bound of the adaptive polling window, µs: 0 (off) to 1 s.
+pub fn poll_max_us(us: u32) -> Result<(), String> {
+    let max = crate::vhost::poll::MAX_POLL_MAX_US;
+    if us > max {
+        return Err(format!("{us} is more than {max} µs"));
+    }
+    Ok(())
+}
+
 /// A socket's mode: octal digits such as `0660`, at most `0777`.
 pub fn socket_mode(mode: &str) -> Result<u32, String> {
     let digits = mode.strip_prefix("0o").unwrap_or(mode);

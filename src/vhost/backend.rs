@@ -1,7 +1,8 @@
 //! `VhostUserBackend` for one virtio-scsi controller.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, TryLockError};
+use std::time::{Duration, Instant};
 
 use vhost_user_backend::VringT;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -25,6 +26,10 @@ const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
 /// VHOST_F_LOG_ALL: log every write to guest memory.
 pub(crate) const VHOST_F_LOG_ALL: u64 = 1 << 26;
 
+/// `spin_loop` hints between two looks at a polled queue (a look costs
+/// ~100 ns; this keeps the worker's mutex free most of the time).
+const POLL_SPINS: u32 = 16;
+
 /// Control queue + event queue.
 pub(crate) const FIXED_QUEUES: usize = 2;
 
@@ -46,6 +51,10 @@ struct Inner {
     vrings: Vec<Vring>,
     /// The dirty log while logging is on (live migration).
     dirty: SharedLog,
+    /// Bound of the request queues' adaptive polling window (0: off).
+    poll_max_us: u32,
+    /// Per request queue: requests in flight (set by its worker).
+    queue_stats: Vec<Arc<QueueStats>>,
 }
 
 impl ScsiBackend {
@@ -57,6 +66,7 @@ impl ScsiBackend {
         queue_stats: &[Arc<QueueStats>],
         queue_size: usize,
         mem: GuestMemoryAtomic<GuestMem>,
+        poll_max_us: u32,
     ) -> Result<Self, BlockError> {
         let max = u16::try_from(queue_size).unwrap_or(u16::MAX);
         let mut vrings = Vec::with_capacity(FIXED_QUEUES + queue_stats.len());
@@ -71,7 +81,7 @@ impl ScsiBackend {
         for (i, stats) in queue_stats.iter().enumerate() {
             let engine = Engine::new_shared(u32::try_from(queue_size).unwrap_or(1024))?;
             let slow = SlowLane::new(format!("slow-lane-{i}")).map_err(BlockError::Ring)?;
-            workers.push(Mutex::new(RequestWorker::new(
+            let mut worker = RequestWorker::new(
                 i,
                 nexus,
                 device.clone(),
@@ -80,7 +90,9 @@ impl ScsiBackend {
                 stats.clone(),
                 vrings.get(FIXED_QUEUES + i).cloned(),
                 &dirty,
-            )));
+            );
+            worker.set_polling(poll_max_us > 0);
+            workers.push(Mutex::new(worker));
         }
         Ok(ScsiBackend {
             inner: Arc::new(Inner {
@@ -92,8 +104,82 @@ impl ScsiBackend {
                 workers,
                 vrings,
                 dirty,
+                poll_max_us,
+                queue_stats: queue_stats.to_vec(),
             }),
         })
+    }
+
+    /// Bound of the request queues' polling window in µs (0: no polling).
+    pub(crate) fn poll_max_us(&self) -> u32 {
+        self.inner.poll_max_us
+    }
+
+    /// Poll request thread `thread`'s queue for up to `window` (adaptive
+    /// polling, src/vhost/poll.rs). The worker's mutex is taken only for
+    /// each look, never across the spin; polling ends early when another
+    /// thread holds it (task management, a ring stop, a drain), when
+    /// `stop` is set, or when the ring stops. Returns true if work was
+    /// found (and done).
+    pub(crate) fn poll(&self, thread: usize, window: Duration, stop: &AtomicBool) -> bool {
+        let Some(i) = thread.checked_sub(1) else {
+            return false;
+        };
+        let (Some(worker), Some(vring)) = (
+            self.inner.workers.get(i),
+            self.inner.vrings.get(FIXED_QUEUES + i),
+        ) else {
+            return false;
+        };
+        let event_idx = self.inner.event_idx.load(Ordering::Relaxed);
+        let deadline = Instant::now() + window;
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return false;
+            }
+            let mut w = match worker.try_lock() {
+                Ok(w) => w,
+                Err(TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(TryLockError::WouldBlock) => return false,
+            };
+            if w.poll(vring, event_idx, &self.inner.mem) {
+                return true;
+            }
+            drop(w);
+            for _ in 0..POLL_SPINS {
+                std::hint::spin_loop();
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+        }
+    }
+
+    /// Has request thread `thread` requests in flight (started, not
+    /// completed)? Then what it waits for is the backing store, else the
+    /// guest: the two waits get separate polling windows.
+    pub(crate) fn has_in_flight(&self, thread: usize) -> bool {
+        thread
+            .checked_sub(1)
+            .and_then(|i| self.inner.queue_stats.get(i))
+            .is_some_and(|s| s.in_flight() > 0)
+    }
+
+    /// Request thread `thread` is about to sleep after polling: re-arm
+    /// guest notifications and the completion eventfd. True if work
+    /// turned up meanwhile (do not sleep).
+    pub(crate) fn prepare_sleep(&self, thread: usize) -> bool {
+        let Some(i) = thread.checked_sub(1) else {
+            return false;
+        };
+        let (Some(worker), Some(vring)) = (
+            self.inner.workers.get(i),
+            self.inner.vrings.get(FIXED_QUEUES + i),
+        ) else {
+            return false;
+        };
+        let event_idx = self.inner.event_idx.load(Ordering::Relaxed);
+        lock(worker).prepare_sleep(vring, event_idx, &self.inner.mem)
     }
 
     /// Number of request queues.

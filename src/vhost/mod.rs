@@ -17,6 +17,7 @@ mod exec;
 pub(crate) mod inflight;
 mod media_error;
 mod passthrough;
+pub mod poll;
 mod protocol;
 mod ratelimit;
 mod server;

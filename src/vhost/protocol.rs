@@ -257,8 +257,12 @@ impl Handler {
         );
         drop(state);
         self.update_watch(index)?;
-        if wake {
-            // The worker resubmits at its next kick: give it one.
+        // The worker resubmits at its next kick: give it one. A polling
+        // worker may also have left the guest's avail_event behind when
+        // the ring stopped (notifications are re-armed only before it
+        // sleeps): a kick makes it look at the ring and re-arm them.
+        let polled = self.backend.poll_max_us() > 0 && self.backend.worker_of(index).is_some();
+        if wake || polled {
             kick(&vring);
         }
         Ok(())

@@ -35,6 +35,9 @@ pub struct ServerConfig {
     pub nexus: NexusId,
     pub request_queues: usize,
     pub queue_size: usize,
+    /// Bound of the request queues' adaptive polling window in µs (0:
+    /// no polling; src/vhost/poll.rs).
+    pub poll_max_us: u32,
 }
 
 /// Errors that stop the server.
@@ -355,6 +358,7 @@ fn serve_connection(
         &server.queues,
         config.queue_size,
         mem.clone(),
+        config.poll_max_us,
     )?;
     let loops = EventLoops::start(&backend, label)?;
     let fault_wake = EventFd::new(EFD_NONBLOCK)?;

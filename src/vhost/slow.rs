@@ -202,6 +202,12 @@ impl SlowLane {
     /// Collect finished jobs without blocking.
     pub(crate) fn reap(&mut self, out: &mut Vec<(u64, JobResult)>) {
         let _ = self.event.read();
+        self.reap_polled(out);
+    }
+
+    /// [`SlowLane::reap`] without resetting the eventfd (a polling worker:
+    /// the eventfd wakes its epoll once more, and that reap finds nothing).
+    pub(crate) fn reap_polled(&mut self, out: &mut Vec<(u64, JobResult)>) {
         while let Ok(r) = self.rx.try_recv() {
             self.pending = self.pending.saturating_sub(1);
             out.push(r);

@@ -107,6 +107,15 @@ pub(crate) struct RequestWorker {
     /// The dirty log (live migration) and its value for the current event.
     dirty: LogView,
     dlog: Option<Arc<DirtyLog>>,
+    /// Adaptive polling is configured (src/vhost/poll.rs): a batch leaves
+    /// guest notifications off, and [`RequestWorker::prepare_sleep`] turns
+    /// them back on before the worker sleeps.
+    polling: bool,
+    /// Notifications (EVENT_IDX's avail_event) are re-armed: false from a
+    /// batch taken while polling until `prepare_sleep`.
+    armed: bool,
+    /// Completions were reaped without resetting the io_uring eventfd.
+    cq_event_stale: bool,
 }
 
 impl RequestWorker {
@@ -142,7 +151,15 @@ impl RequestWorker {
             resubmit: Vec::new(),
             dirty: LogView::new(dirty),
             dlog: None,
+            polling: false,
+            armed: true,
+            cq_event_stale: false,
         }
+    }
+
+    /// Poll this queue (adaptive polling on): see [`RequestWorker::poll`].
+    pub(crate) fn set_polling(&mut self, on: bool) {
+        self.polling = on;
     }
 
     /// Put `head` in the used ring with `len` bytes written (see
@@ -212,22 +229,39 @@ impl RequestWorker {
         true
     }
 
-    /// The queue was kicked: start every available request.
+    /// The queue was kicked: start every available request. While polling
+    /// (and with EVENT_IDX) guest notifications stay off afterwards, until
+    /// [`RequestWorker::prepare_sleep`]. Returns the number of requests
+    /// taken from the ring.
     pub(crate) fn process_queue(
         &mut self,
         vring: &Vring,
         event_idx: bool,
         mem: &GuestMemoryAtomic<GuestMem>,
-    ) {
+    ) -> usize {
+        let rearm = !self.polling;
+        self.take_requests(vring, event_idx, mem, rearm)
+    }
+
+    /// Start every available request; with EVENT_IDX, `rearm` turns guest
+    /// notifications back on at the end (and takes what came meanwhile).
+    fn take_requests(
+        &mut self,
+        vring: &Vring,
+        event_idx: bool,
+        mem: &GuestMemoryAtomic<GuestMem>,
+        rearm: bool,
+    ) -> usize {
         if self.vring.is_none() {
             self.vring = Some(vring.clone());
         }
         if !self.ensure_engine() {
-            return;
+            return 0;
         }
         self.refresh_log();
         let mem = mem.memory();
         let mut completed = false;
+        let mut popped = 0usize;
         // A burst of requests goes to the kernel in growing chunks (1, 2,
         // 4, ...): the device starts on the first one at once instead of
         // after the whole burst was parsed, and a burst still costs a few
@@ -247,6 +281,7 @@ impl RequestWorker {
                 }
                 while let Some(chain) = state.get_queue_mut().pop_descriptor_chain(mem.clone()) {
                     self.stats.popped(1);
+                    popped += 1;
                     if let Some(i) = &mut self.inflight {
                         i.begin(chain.head_index());
                     }
@@ -259,6 +294,13 @@ impl RequestWorker {
                 if !event_idx {
                     break;
                 }
+                if !rearm {
+                    // Polling: the guest is not asked to kick; the worker
+                    // looks at the ring itself until it goes to sleep.
+                    self.armed = false;
+                    break;
+                }
+                self.armed = true;
                 match state.enable_notification() {
                     Ok(true) if avail_index_broken(state.get_queue(), &mem) => {
                         if state.get_queue().ready() {
@@ -285,9 +327,93 @@ impl RequestWorker {
         // Page-cache hits complete during the submission itself: answer them
         // now instead of sleeping until the completion eventfd wakes us.
         if self.engine.has_completions() {
-            self.process_completions();
+            if self.polling {
+                self.complete_ring(false);
+            } else {
+                self.process_completions();
+            }
         }
         self.publish_in_flight();
+        popped
+    }
+
+    /// One look at the queue while polling: complete what the io_uring
+    /// and the slow lane finished, start what the guest made available.
+    /// No system call unless there is work (the submission). Returns true
+    /// if anything was done.
+    pub(crate) fn poll(
+        &mut self,
+        vring: &Vring,
+        event_idx: bool,
+        mem: &GuestMemoryAtomic<GuestMem>,
+    ) -> bool {
+        if !self.engine_enabled {
+            return false;
+        }
+        let mut progress = false;
+        if self.engine.has_completions() {
+            progress |= self.complete_ring(false) > 0;
+        }
+        if self.slow.pending() > 0 {
+            let mut done = std::mem::take(&mut self.slow_done);
+            done.clear();
+            self.slow.reap_polled(&mut done);
+            if !done.is_empty() {
+                progress = true;
+                self.refresh_log();
+                self.finish_slow(&mut done);
+                self.publish_in_flight();
+            }
+            self.slow_done = done;
+        }
+        let available = {
+            let state = vring.get_ref();
+            let q = state.get_queue();
+            state.is_enabled()
+                && q.ready()
+                && q.avail_idx(&*mem.memory(), std::sync::atomic::Ordering::Acquire)
+                    .is_ok_and(|a| a.0 != q.next_avail())
+        };
+        if available {
+            progress |= self.take_requests(vring, event_idx, mem, false) > 0;
+        }
+        progress
+    }
+
+    /// The worker is about to sleep in epoll: turn guest notifications
+    /// back on (and take what arrived before they were), reset the
+    /// io_uring eventfd if completions were reaped by polling (and
+    /// complete what was posted before it was reset). Returns true if
+    /// anything was done: then the worker must not sleep yet.
+    pub(crate) fn prepare_sleep(
+        &mut self,
+        vring: &Vring,
+        event_idx: bool,
+        mem: &GuestMemoryAtomic<GuestMem>,
+    ) -> bool {
+        let mut progress = false;
+        if !self.armed {
+            let ready = {
+                let state = vring.get_ref();
+                state.is_enabled() && state.get_queue().ready()
+            };
+            if ready {
+                progress |= self.take_requests(vring, event_idx, mem, true) > 0;
+            }
+            // A ring that stopped or was disabled meanwhile is kicked by
+            // the protocol handler when it starts again.
+            self.armed = true;
+        }
+        if std::mem::take(&mut self.cq_event_stale) {
+            // Reset first, look after: a completion posted in between
+            // makes the eventfd readable again. What is reaped here leaves
+            // the eventfd stale, and the caller polls once more.
+            self.engine.clear_event();
+            if self.engine.has_completions() {
+                progress |= self.complete_ring(false) > 0;
+            }
+        }
+        progress
     }
 
     fn submit(&mut self) {
@@ -310,15 +436,30 @@ impl RequestWorker {
 
     /// The io_uring eventfd fired: complete what finished.
     pub(crate) fn process_completions(&mut self) {
+        self.complete_ring(true);
+    }
+
+    /// Complete what the io_uring finished; `clear_event` resets its
+    /// eventfd (a system call) first, else the reset is left to
+    /// [`RequestWorker::prepare_sleep`]. Returns the number of completions.
+    fn complete_ring(&mut self, clear_event: bool) -> usize {
         self.refresh_log();
         let mut comps = std::mem::take(&mut self.completions);
         comps.clear();
-        if let Err(e) = self.engine.reap(&mut comps) {
+        let reaped = if clear_event {
+            self.engine.reap(&mut comps)
+        } else {
+            self.cq_event_stale = true;
+            self.engine.reap_pending(&mut comps)
+        };
+        if let Err(e) = reaped {
             tracing::error!(queue = self.index, error = %e, "io_uring reap failed");
         }
+        let n = comps.len();
         self.finish_ring(&comps);
         self.completions = comps;
         self.publish_in_flight();
+        n
     }
 
     /// The slow lane's eventfd fired: complete what finished.

@@ -51,6 +51,7 @@ pub fn run(data: &[u8]) {
                         initiator: c.create.initiator,
                         socket_group: c.create.socket_group,
                         socket_mode: c.create.socket_mode,
+                        poll_max_us: c.create.poll_max_us,
                         luns: c.luns,
                     })
                     .collect(),

@@ -63,6 +63,7 @@ impl Api for MockApi {
             initiator: p.initiator,
             socket_group: p.socket_group,
             socket_mode: p.socket_mode,
+            poll_max_us: p.poll_max_us.unwrap_or(0),
             connected: false,
             state: "listening".into(),
             last_error: None,

@@ -26,14 +26,12 @@ cargo clippy --all-targets -- -D warnings
 section "cargo test"
 cargo test --all-targets
 
-<<<<<<< HEAD
 section "python tests (python/tests against the daemon binary)"
 cargo build --bin vhost-user-scsi
 # Debian's python3 (python3-pytest from install-deps.sh), not a pyenv one on PATH.
 VUS_BINARY="${CARGO_TARGET_DIR:-target}/debug/vhost-user-scsi" /usr/bin/python3 -m pytest -q python/tests
-=======
+
 section "fuzz (scripts/fuzz.sh: every target for 10 s)"
 scripts/fuzz.sh
->>>>>>> fuzz
 
 section "all tests passed"

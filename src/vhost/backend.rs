@@ -115,6 +115,16 @@ impl ScsiBackend {
         self.inner.poll_max_us
     }
 
+    /// The worker and request vring served by thread `thread` (1.., see
+    /// src/vhost/event_loop.rs); None for thread 0 (control and event).
+    fn request_thread(&self, thread: usize) -> Option<(&Mutex<RequestWorker>, &Vring)> {
+        let i = thread.checked_sub(1)?;
+        Some((
+            self.inner.workers.get(i)?,
+            self.inner.vrings.get(FIXED_QUEUES + i)?,
+        ))
+    }
+
     /// Poll request thread `thread`'s queue for up to `window` (adaptive
     /// polling, src/vhost/poll.rs). The worker's mutex is taken only for
     /// each look, never across the spin; polling ends early when another
@@ -122,13 +132,7 @@ impl ScsiBackend {
     /// `stop` is set, or when the ring stops. Returns true if work was
     /// found (and done).
     pub(crate) fn poll(&self, thread: usize, window: Duration, stop: &AtomicBool) -> bool {
-        let Some(i) = thread.checked_sub(1) else {
-            return false;
-        };
-        let (Some(worker), Some(vring)) = (
-            self.inner.workers.get(i),
-            self.inner.vrings.get(FIXED_QUEUES + i),
-        ) else {
+        let Some((worker, vring)) = self.request_thread(thread) else {
             return false;
         };
         let event_idx = self.inner.event_idx.load(Ordering::Relaxed);
@@ -169,13 +173,7 @@ impl ScsiBackend {
     /// guest notifications and the completion eventfd. True if work
     /// turned up meanwhile (do not sleep).
     pub(crate) fn prepare_sleep(&self, thread: usize) -> bool {
-        let Some(i) = thread.checked_sub(1) else {
-            return false;
-        };
-        let (Some(worker), Some(vring)) = (
-            self.inner.workers.get(i),
-            self.inner.vrings.get(FIXED_QUEUES + i),
-        ) else {
+        let Some((worker, vring)) = self.request_thread(thread) else {
             return false;
         };
         let event_idx = self.inner.event_idx.load(Ordering::Relaxed);

@@ -49,7 +49,8 @@ use std::time::{Duration, Instant};
 
 mod guest_harness;
 use guest_harness::{
-    daemon_binary, harness_ready, lock, logs_dir, pattern, repo_root, sparse_image, work_dir,
+    daemon_binary, harness_ready, lock, logs_dir, pattern, repo_root, run_guest_script,
+    sparse_image, work_dir,
 };
 
 const MIB: u64 = 1024 * 1024;
@@ -191,31 +192,22 @@ fn run_guest(what: &str, work: &Path, env: &str, backend_args: &[String]) -> Str
     let env_file = work.join(format!("{what}.env"));
     fs::write(&env_file, env).unwrap();
     let log = logs_dir().join(format!("{what}.log"));
-    let start = Instant::now();
-    let out = Command::new(root.join("scripts/run-guest.sh"))
-        .current_dir(&root)
-        .arg("--script")
-        .arg(root.join("tests/guest/all.sh"))
-        .arg("--env-file")
-        .arg(&env_file)
-        .arg("--timeout")
-        .arg(GUEST_TIMEOUT_SECS.to_string())
-        .arg("--log")
-        .arg(&log)
-        .args(backend_args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run scripts/run-guest.sh");
-    let stdout = String::from_utf8_lossy(&out.stdout).replace('\r', "");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("----- {what}: guest console -----\n{stdout}");
-    println!("----- {what}: run-guest.sh stderr -----\n{stderr}");
-    println!(
-        "----- {what}: {} after {:.1} s",
-        out.status,
-        start.elapsed().as_secs_f64()
+    let out = run_guest_script(
+        what,
+        Command::new(root.join("scripts/run-guest.sh"))
+            .current_dir(&root)
+            .arg("--script")
+            .arg(root.join("tests/guest/all.sh"))
+            .arg("--env-file")
+            .arg(&env_file)
+            .arg("--timeout")
+            .arg(GUEST_TIMEOUT_SECS.to_string())
+            .arg("--log")
+            .arg(&log)
+            .args(backend_args),
     );
-    let fails: Vec<&str> = stdout.lines().filter(|l| l.contains("FAIL:")).collect();
+    let (stdout, stderr) = (&out.stdout, &out.stderr);
+    let fails = &out.fails;
     assert!(
         out.status.success(),
         "{what}: guest run failed ({}), log {}:\n{}\n{}",
@@ -241,7 +233,7 @@ fn run_guest(what: &str, work: &Path, env: &str, backend_args: &[String]) -> Str
         "{what}: exit 0 but FAIL lines:\n{}",
         fails.join("\n")
     );
-    stdout
+    out.stdout
 }
 
 /// Bytes allocated to a file (st_blocks * 512).

@@ -24,11 +24,12 @@ use std::fmt::Write as _;
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use guest_harness::{
-    daemon_binary, harness_ready, lock, logs_dir, pattern, repo_root, socket_dir, work_dir,
+    daemon_binary, harness_ready, lock, logs_dir, pattern, repo_root, run_guest_script, socket_dir,
+    work_dir,
 };
 
 const MIB: u64 = 1 << 20;
@@ -172,32 +173,22 @@ fn guest_e2e_faults() {
 
     let root = repo_root();
     let console = logs_dir().join("faults.log");
-    let start = Instant::now();
-    let out = Command::new(root.join("scripts/run-guest.sh"))
-        .current_dir(&root)
-        .arg("--script")
-        .arg(root.join("tests/guest/faults.sh"))
-        .arg("--env-file")
-        .arg(&env_file)
-        .arg("--vhost-socket")
-        .arg(&sock)
-        .arg("--timeout")
-        .arg("240")
-        .arg("--log")
-        .arg(&console)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run scripts/run-guest.sh");
-    let stdout = String::from_utf8_lossy(&out.stdout).replace('\r', "");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("----- guest console -----\n{stdout}");
-    println!("----- run-guest.sh stderr -----\n{stderr}");
-    println!(
-        "----- {} after {:.1} s",
-        out.status,
-        start.elapsed().as_secs_f64()
+    let out = run_guest_script(
+        "faults",
+        Command::new(root.join("scripts/run-guest.sh"))
+            .current_dir(&root)
+            .arg("--script")
+            .arg(root.join("tests/guest/faults.sh"))
+            .arg("--env-file")
+            .arg(&env_file)
+            .arg("--vhost-socket")
+            .arg(&sock)
+            .arg("--timeout")
+            .arg("240")
+            .arg("--log")
+            .arg(&console),
     );
-    let fails: Vec<&str> = stdout.lines().filter(|l| l.contains("FAIL:")).collect();
+    let (stdout, fails) = (&out.stdout, &out.fails);
     let dtail = guest_harness::tail(&dlog, 30);
     assert!(
         out.status.success() && fails.is_empty() && stdout.contains("SUMMARY:"),

@@ -19,12 +19,12 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::process::Command;
 
 mod guest_harness;
 use guest_harness::{
-    daemon_binary, harness_ready, lock, logs_dir, repo_root, sparse_image, work_dir,
+    daemon_binary, harness_ready, lock, logs_dir, repo_root, run_guest_script, sparse_image,
+    work_dir,
 };
 
 const DISK_SIZE: u64 = 64 << 20;
@@ -82,21 +82,8 @@ fn guest_e2e_passthrough() {
     for f in guest_files(work.path()) {
         cmd.arg("--add-file").arg(f);
     }
-    let start = Instant::now();
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .expect("run scripts/run-guest.sh");
-    let stdout = String::from_utf8_lossy(&out.stdout).replace('\r', "");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("----- guest console -----\n{stdout}");
-    println!("----- run-guest.sh stderr -----\n{stderr}");
-    println!(
-        "----- passthrough guest: {} after {:.1} s",
-        out.status,
-        start.elapsed().as_secs_f64()
-    );
-    let fails: Vec<&str> = stdout.lines().filter(|l| l.contains("FAIL:")).collect();
+    let out = run_guest_script("passthrough guest", &mut cmd);
+    let (stdout, fails) = (&out.stdout, &out.fails);
     assert!(
         out.status.success() && fails.is_empty(),
         "guest run failed ({}), log {}:\n{}",

@@ -118,3 +118,44 @@ pub fn pattern(seed: u64, lun: u32, offset: u64, len: u64) -> Vec<u8> {
     assert_eq!(out.len() as u64, len);
     out.into_bytes()
 }
+
+/// What one `scripts/run-guest.sh` run printed.
+pub struct GuestRun {
+    pub status: std::process::ExitStatus,
+    /// The guest console (carriage returns removed).
+    pub stdout: String,
+    pub stderr: String,
+    /// The console's `FAIL:` lines.
+    pub fails: Vec<String>,
+}
+
+/// Runs `cmd` (a `scripts/run-guest.sh` command line) to its end with no
+/// stdin and prints the console, run-guest.sh's stderr and the exit
+/// status with the time taken, each headed by `what`.
+pub fn run_guest_script(what: &str, cmd: &mut Command) -> GuestRun {
+    let start = std::time::Instant::now();
+    let out = cmd
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run scripts/run-guest.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    println!("----- {what}: guest console -----\n{stdout}");
+    println!("----- {what}: run-guest.sh stderr -----\n{stderr}");
+    println!(
+        "----- {what}: {} after {:.1} s",
+        out.status,
+        start.elapsed().as_secs_f64()
+    );
+    let fails = stdout
+        .lines()
+        .filter(|l| l.contains("FAIL:"))
+        .map(str::to_owned)
+        .collect();
+    GuestRun {
+        status: out.status,
+        stdout,
+        stderr,
+        fails,
+    }
+}

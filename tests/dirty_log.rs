@@ -1470,3 +1470,46 @@ fn get_vring_base_right_after_a_burst_answers() {
     println!("requests taken before GET_VRING_BASE (of {N}): {stats:?}");
     assert_healthy(&mut d, "GET_VRING_BASE after a burst");
 }
+
+/// QEMU sends SET_VRING_ADDR for running rings whenever it turns logging on
+/// or off. The daemon must keep its own next used index then: it once read
+/// it back from guest memory, which raced with a completion being published
+/// (the next completion overwrote it, and the guest waited for it forever;
+/// CI caught it in `log_all_toggled_under_verified_io`). Here the race is
+/// made certain: the used index in guest memory is wrong while the
+/// addresses are sent again; the next completions must still land in order.
+#[test]
+fn vring_addresses_of_a_running_ring_keep_the_used_index() {
+    let imgdir = tempfile::tempdir().unwrap();
+    let (mut d, _) = daemon_with_image(imgdir.path());
+    let fe = connect(&d, &config(&d));
+    common::settle(&fe, [0]);
+    fill(&fe, 256 << 10, 3);
+    let vq = FIRST_REQUEST_QUEUE;
+    let used_idx = fe.ring_state(vq).unwrap().used_idx;
+    let (used_ring, _) = fe.used_ring(vq).unwrap();
+    let wrong = used_idx.wrapping_add(40);
+    fe.mem().write(used_ring + 2, &wrong.to_le_bytes()).unwrap();
+    fe.start_logging().unwrap();
+    fe.stop_logging().unwrap();
+    fe.mem()
+        .write(used_ring + 2, &used_idx.to_le_bytes())
+        .unwrap();
+    for i in 0..4u64 {
+        let r = fe
+            .command(
+                0,
+                0,
+                &cdb::read10(i as u32 * 8, 8, false),
+                DataDir::FromDevice(4096),
+            )
+            .unwrap_or_else(|e| panic!("read {i} after SET_VRING_ADDR: {e}\n{}", d.log()));
+        assert_eq!((r.response, r.status), (S_OK, GOOD), "read {i}");
+        assert_eq!(r.data_in(), expected(i * 8, 8, 3), "read {i}");
+    }
+    assert_eq!(
+        fe.ring_state(vq).unwrap().used_idx,
+        used_idx.wrapping_add(4)
+    );
+    assert_healthy(&mut d, "after SET_VRING_ADDR on running rings");
+}

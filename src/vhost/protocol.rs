@@ -478,6 +478,17 @@ impl VhostUserBackendReqHandlerMut for Handler {
         vring
             .set_queue_info(desc, avail, used_gpa)
             .map_err(|_| VuError::InvalidParam)?;
+        let started = self.started.get(index as usize).copied().unwrap_or(false);
+        if started {
+            // QEMU sends the addresses of a running ring again when it turns
+            // dirty logging on or off (only VHOST_VRING_F_LOG changes). The
+            // worker owns the used index then: reading it back from guest
+            // memory here would race with a completion being published, and
+            // the next one would overwrite it (a request the guest never
+            // sees completed).
+            tracing::debug!(controller = %self.label, queue = index, desc = format_args!("{desc:#x}"), avail = format_args!("{avail:#x}"), used = format_args!("{used_gpa:#x}"), "vring addresses of a running ring");
+            return Ok(());
+        }
         // The used index lives in guest memory; the next used entry goes
         // after it.
         let idx = vring

@@ -125,6 +125,28 @@ fn dirty_log_and_inflight_switches() {
     }
 }
 
+/// `--poll-us`: the load generator polls its used rings before sleeping
+/// (a halt-polling guest); verified I/O on two queues, and it says so.
+#[test]
+fn polling_load_generator_verifies() {
+    let d = Daemon::start(32 << 20);
+    let mut a = BenchArgs::new(&d.socket);
+    a.queues = 2;
+    a.qd = 4;
+    a.rw = Rw::Randrw;
+    a.runtime = 0.6;
+    a.ramp = 0.1;
+    a.verify = true;
+    a.seed = Some(11);
+    a.poll_us = 200;
+    let r = bench::run(&a, false).expect("bench run");
+    let t = r.text();
+    assert_eq!((r.errors, r.mismatches), (0, 0), "{t}");
+    assert!(r.writes > 0 && r.verified_blocks > 0, "{t}");
+    assert_eq!(r.poll_us, 200);
+    assert!(t.contains("poll_us=200"), "{t}");
+}
+
 #[test]
 fn json_from_the_binary() {
     let d = Daemon::start(32 << 20);

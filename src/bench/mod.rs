@@ -101,6 +101,14 @@ pub struct BenchArgs {
     /// every read, then read back every written block.
     #[arg(long)]
     pub verify: bool,
+    /// Before sleeping on a queue's call eventfd, look at its used ring for
+    /// up to this many microseconds (0: sleep at once, as a guest vCPU
+    /// without halt polling does). 200 is what a KVM guest does with x86's
+    /// default `halt_poll_ns`: its halted vCPU spins in the host for up to
+    /// 200 µs before it sleeps, so an interrupt within that costs no
+    /// wake-up (a busy vCPU never sleeps at all).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    pub poll_us: u32,
     /// Backend process to account CPU time and Private_Dirty to.
     #[arg(long, value_name = "PID")]
     pub backend_pid: Option<u32>,
@@ -136,6 +144,7 @@ impl BenchArgs {
             inflight: OnOff::On,
             dirty_log: false,
             verify: false,
+            poll_us: 0,
             backend_pid: None,
             idle: false,
             seed: None,

@@ -68,6 +68,7 @@ struct Params {
     seed: u64,
     rw: super::Rw,
     rwmix_read: u8,
+    poll: Duration,
 }
 
 #[derive(Default)]
@@ -330,6 +331,7 @@ fn drive(
         seed,
         rw: args.rw,
         rwmix_read: args.rwmix_read,
+        poll: Duration::from_micros(u64::from(args.poll_us)),
     };
 
     let start = Instant::now();
@@ -507,6 +509,7 @@ fn drive(
         dirty_log: args.dirty_log,
         log_syncs: synced.0,
         dirty_pages: synced.1,
+        poll_us: args.poll_us,
         ..Default::default()
     };
     for q in results {
@@ -822,6 +825,21 @@ impl Queue<'_> {
     /// Wait for completions; errors when the backend stalls.
     fn wait(&self, out: &mut Vec<crate::frontend::Completion>) -> Result<(), BenchError> {
         let t = Instant::now();
+        if !self.p.poll.is_zero() {
+            loop {
+                let n = self
+                    .fe
+                    .reap_completions(self.q, out)
+                    .map_err(fe_err("reap completions"))?;
+                if n > 0 {
+                    return Ok(());
+                }
+                if t.elapsed() >= self.p.poll {
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+        }
         loop {
             let n = self
                 .fe

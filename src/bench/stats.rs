@@ -92,6 +92,10 @@ pub struct Report {
     /// Dirty pages the syncs collected over the whole run.
     #[serde(default)]
     pub dirty_pages: u64,
+    /// The load generator polled its used rings for up to this many µs
+    /// before sleeping (`--poll-us`; 0: it slept at once).
+    #[serde(default)]
+    pub poll_us: u32,
 }
 
 impl Report {
@@ -106,7 +110,7 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "{} bs={} queues={} qd={} cdb={} event_idx={} indirect={} inflight={} dirty_log={} ring={} ({} blocks of {} bytes)",
+            "{} bs={} queues={} qd={} cdb={} event_idx={} indirect={} inflight={} dirty_log={} poll_us={} ring={} ({} blocks of {} bytes)",
             self.rw,
             self.bs,
             self.queues,
@@ -116,6 +120,7 @@ impl Report {
             on_off(self.indirect),
             on_off(self.inflight),
             on_off(self.dirty_log),
+            self.poll_us,
             self.ring_size,
             self.capacity_blocks,
             self.block_size

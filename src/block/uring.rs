@@ -693,10 +693,20 @@ impl Engine {
     }
 
     /// True when [`Engine::reap`] would return something now (completions
-    /// posted, or ops finished without the kernel). Reads shared memory
+    /// posted, or ops finished without the kernel, or completions the
+    /// kernel holds back until the issuer enters it). Reads shared memory
     /// only: no system call.
+    ///
+    /// A `DEFER_TASKRUN` ring posts nothing to the completion queue until
+    /// its issuer enters the kernel: a poller that only watched the queue
+    /// would see a finished disk read only after it gave up and slept.
+    /// `TASKRUN_FLAG` makes the kernel raise `IORING_SQ_TASKRUN` in the
+    /// shared ring flags when such work is waiting; the reap enters the
+    /// kernel with `GETEVENTS` and posts it.
     pub fn has_completions(&mut self) -> bool {
-        !self.st.ready.is_empty() || !self.ring.completion().is_empty()
+        !self.st.ready.is_empty()
+            || !self.ring.completion().is_empty()
+            || self.ring.submission().taskrun()
     }
 
     /// Reset the completion eventfd (after [`Engine::reap_pending`]).
@@ -998,6 +1008,40 @@ mod tests {
         e.enable().unwrap();
         assert!(!e.needs_enable);
         e.enable().unwrap();
+    }
+
+    /// A poller only looks at shared memory: a read that finished in the
+    /// device must show there although a `DEFER_TASKRUN` ring posts its
+    /// completion only when the issuer enters the kernel (the
+    /// `IORING_SQ_TASKRUN` flag). On a file system that completes the read
+    /// during its submission the test passes at once.
+    #[test]
+    fn finished_io_shows_to_a_poller_without_a_system_call() {
+        let f = image(1 << 20);
+        std::fs::write(f.path(), pattern(1 << 20, 9)).unwrap();
+        f.as_file().sync_all().unwrap();
+        let b = Arc::new(Backing::open(f.path(), false).unwrap());
+        let mut e = engine();
+        let mut buf = TestBuf::new(4096, 0);
+        let iov = buf.iovecs(&[]);
+        // SAFETY: the buffer outlives the op (reaped or drained below).
+        unsafe { e.push(&b, read(65536, iov), 7) }.unwrap();
+        e.submit().unwrap();
+        let t = std::time::Instant::now();
+        while !e.has_completions() {
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(5),
+                "a finished read never showed to the poller (taskrun flag: {})",
+                e.ring.submission().taskrun()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let mut out = Vec::new();
+        e.reap_pending(&mut out).unwrap();
+        e.drain(&mut out).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].result, Ok(4096));
+        assert_eq!(buf.slice(), &pattern(1 << 20, 9)[65536..65536 + 4096]);
     }
 
     #[test]

@@ -901,6 +901,17 @@ impl ScsiFrontend {
         self.wait_vq(self.request_vq(queue)?, out, timeout)
     }
 
+    /// Reap the completions of request queue `queue` that are in the used
+    /// ring now into `out`, without waiting and without asking the backend
+    /// for an interrupt (a polling driver). Returns how many were added.
+    pub fn reap_completions(&self, queue: usize, out: &mut Vec<Completion>) -> Result<usize> {
+        let mut q = self.lock(self.request_vq(queue)?)?;
+        self.reap(&mut q)?;
+        let n = q.done.len();
+        out.append(&mut q.done);
+        Ok(n)
+    }
+
     /// As [`ScsiFrontend::wait_completions`] for any vhost-user queue index.
     pub fn wait_vq(
         &self,

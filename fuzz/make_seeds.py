@@ -235,3 +235,64 @@ put("rpc", "invalid", '{"jsonrpc": "1.0", "id": 1, "method": "version"}\n'
     '{"jsonrpc": "2.0", "id": 3, "method": "nope"}\n'
     '{"jsonrpc": "2.0", "id": 4, "method": "lun_add", "params": {"controller": 1}}\n'
     '{"jsonrpc": "2.0", "id": 5, "method": "version", "params": {"x": 1}}\n{"a":')
+
+# vhost_user: one connection (src/fuzzing/vhost_user.rs): message count,
+# guest memory size selector, guest memory contents, then per message
+# code byte (request - 1), flags selector, payload length, payload, fd
+# count and fd kinds (0: the guest memfd, 1: an eventfd, 2: a memfd of
+# u16 * 64 bytes).
+def vu_msg(request, payload=b"", fds=(), need_reply=False, extra=b""):
+    return (u8(request - 1) + u8(1 if need_reply else 0) + u16(len(payload)) + payload
+            + u8(len(fds)) + b"".join(u8(k) + (extra if k == 2 else b"") for k in fds))
+
+
+def vu_state(index, num):
+    return u32(index) + u32(num)
+
+
+UADDR = 0x7F0000000000
+VU_MEM_SEL = 0          # 64 KiB of guest memory
+RING = 16
+DESC, AVAIL, USED = 0x0, 0x100, 0x180
+REQ, RESP = 0x240, 0x280
+
+
+def vu_memory():
+    mem = bytearray(RESP)
+    # Descriptor 0: the request header, then descriptor 1: the response.
+    mem[DESC:DESC + 16] = u64(REQ) + u32(51) + u16(1) + u16(1)
+    mem[DESC + 16:DESC + 32] = u64(RESP) + u32(108) + u16(2) + u16(0)
+    mem[AVAIL:AVAIL + 6] = u16(0) + u16(1) + u16(0)
+    # LUN 0 of target 0, tag 7, TEST UNIT READY.
+    mem[REQ:REQ + 8] = bytes([1, 0, 0x40, 0, 0, 0, 0, 0])
+    mem[REQ + 8:REQ + 16] = u64(7)
+    return bytes(mem)
+
+
+def vu_ring(q):
+    addr = u32(q) + u32(0) + u64(UADDR + DESC) + u64(UADDR + USED) + u64(UADDR + AVAIL) + u64(0)
+    return [vu_msg(8, vu_state(q, RING)), vu_msg(9, addr), vu_msg(10, vu_state(q, 0)),
+            vu_msg(13, u64(q), fds=(1,)), vu_msg(12, u64(q), fds=(1,)),
+            vu_msg(18, vu_state(q, 1))]
+
+
+def vu_session(msgs):
+    mem = vu_memory()
+    return u8(len(msgs)) + u8(VU_MEM_SEL) + u16(len(mem)) + mem + b"".join(msgs)
+
+
+features = (1 << 32) | (1 << 30) | (1 << 29)
+table = u32(1) + u32(0) + u64(0) + u64(64 << 10) + u64(UADDR) + u64(0)
+handshake = [vu_msg(1), vu_msg(15), vu_msg(16, u64(0x100b)), vu_msg(3), vu_msg(2, u64(features)),
+             vu_msg(17), vu_msg(5, table, fds=(0,), need_reply=True)]
+put("vhost_user", "handshake-io", vu_session(handshake + vu_ring(2) + [vu_msg(11, vu_state(2, 0))]))
+put("vhost_user", "inflight-log", vu_session(
+    handshake + [vu_msg(31, u64(0) + u64(0) + u16(4) + u16(RING) + u32(0), need_reply=True),
+                     vu_msg(32, u64(4096) + u64(0) + u16(4) + u16(RING) + u32(0), fds=(2,), extra=u16(64)),
+                     vu_msg(6, u64(4096) + u64(0), fds=(2,), extra=u16(64)),
+                     vu_msg(2, u64(features | (1 << 26)))] + vu_ring(2)))
+put("vhost_user", "config-and-slots", vu_session(
+    [vu_msg(15), vu_msg(16, u64(0x9 | (1 << 9) | (1 << 15))), vu_msg(36),
+     vu_msg(24, u32(0) + u32(36) + u32(0) + bytes(36), need_reply=True),
+     vu_msg(37, u64(0) + u64(0) + u64(64 << 10) + u64(UADDR) + u64(0), fds=(0,)),
+     vu_msg(38, u64(0) + u64(0) + u64(64 << 10) + u64(UADDR) + u64(0))]))

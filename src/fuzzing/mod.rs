@@ -16,6 +16,7 @@ pub mod config;
 pub mod inflight;
 pub mod rpc;
 pub mod scsi;
+pub mod vhost_user;
 
 /// A fuzz target: takes any bytes, panics only on a broken invariant.
 pub type Target = fn(&[u8]);
@@ -29,6 +30,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("rpc", rpc::run),
     ("config", config::run),
     ("state", config::run_state),
+    ("vhost_user", vhost_user::run),
 ];
 
 /// A cursor over fuzzer bytes: fixed-size reads return zeros once the

@@ -51,6 +51,17 @@ impl ControlQueue {
         let mem = mem.memory();
         let mut state = vring.get_mut();
         loop {
+            // Not ready, or an avail index more than a ring ahead: nothing
+            // to take (and virtio-queue would log an error per kick).
+            if avail_index_broken(state.get_queue(), &mem) {
+                if state.get_queue().ready() {
+                    warn_limited!(
+                        self.log,
+                        "the guest's control-queue avail index is beyond the ring"
+                    );
+                }
+                break;
+            }
             if event_idx {
                 let _ = state.disable_notification();
             }
@@ -101,15 +112,6 @@ impl ControlQueue {
                 }
             }
             if !event_idx || !state.enable_notification().unwrap_or(false) {
-                break;
-            }
-            if avail_index_broken(state.get_queue(), &mem) {
-                if state.get_queue().ready() {
-                    warn_limited!(
-                        self.log,
-                        "the guest's control-queue avail index is beyond the ring"
-                    );
-                }
                 break;
             }
         }

@@ -155,6 +155,11 @@ fn flush(inner: &mut Inner) {
     let mut state = vring.get_mut();
     let mut used_any = false;
     loop {
+        // Not ready, or an avail index more than a ring ahead: nothing to
+        // take (and virtio-queue would log an error per attempt).
+        if avail_index_broken(state.get_queue(), &mem) {
+            break;
+        }
         while !inner.pending.is_empty() {
             let Some(chain) = state.get_queue_mut().pop_descriptor_chain(mem.clone()) else {
                 break;
@@ -202,7 +207,7 @@ fn flush(inner: &mut Inner) {
             break;
         }
         match state.enable_notification() {
-            Ok(true) if !avail_index_broken(state.get_queue(), &mem) => continue,
+            Ok(true) => continue,
             _ => break,
         }
     }

@@ -274,6 +274,17 @@ impl RequestWorker {
                 completed |= self.run_resubmits(&mem, &mut state);
             }
             loop {
+                // Nothing can be taken from a ring that is not ready (a kick
+                // before SET_VRING_ENABLE, or after a stop) or whose avail
+                // index is more than a ring ahead: virtio-queue would log an
+                // error for every such kick, and a guest or frontend can
+                // send them at will.
+                if avail_index_broken(state.get_queue(), &mem) {
+                    if state.get_queue().ready() {
+                        warn_limited!(self.log, queue = self.index, "the guest's avail index is beyond the ring: ignoring the queue until its next kick");
+                    }
+                    break;
+                }
                 if event_idx {
                     if let Err(e) = state.disable_notification() {
                         warn_limited!(self.log, queue = self.index, error = %e, "disable_notification failed");

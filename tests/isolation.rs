@@ -694,7 +694,14 @@ fn an_avail_index_too_far_ahead_does_not_spin_its_worker() {
     let lines = d.log().lines().count();
     std::thread::sleep(Duration::from_secs(2));
     let more = d.log().lines().count() - lines;
-    assert!(more < 200, "{more} log lines in 2 s\n{}", tail(&d));
+    assert!(more < 20, "{more} log lines in 2 s\n{}", tail(&d));
+    // The worker looks before it pops: virtio-queue's own error line (one
+    // per kick, unlimited) never comes.
+    assert!(
+        !d.log().contains("Iterator error"),
+        "virtio-queue logged the bad index\n{}",
+        tail(&d)
+    );
     // Once the guest puts its index right, the queue serves again.
     bogus_avail_index(&fe, 0);
     for k in 0..8 {

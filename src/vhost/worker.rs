@@ -282,6 +282,12 @@ impl RequestWorker {
                 if avail_index_broken(state.get_queue(), &mem) {
                     if state.get_queue().ready() {
                         warn_limited!(self.log, queue = self.index, "the guest's avail index is beyond the ring: ignoring the queue until its next kick");
+                        if event_idx && rearm {
+                            // As after any batch: the guest kicks again
+                            // once it adds a request.
+                            self.armed = true;
+                            let _ = state.enable_notification();
+                        }
                     }
                     break;
                 }

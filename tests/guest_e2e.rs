@@ -44,7 +44,7 @@ use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -52,7 +52,7 @@ mod guest_harness;
 use guest_harness::daemon::{ctl_stdout, Daemon};
 use guest_harness::{
     harness_ready, lock, logs_dir, pattern, read_console, repo_root, run_guest_script,
-    sparse_image, work_dir,
+    sparse_image, spawn_run_guest, work_dir,
 };
 
 const MIB: u64 = 1024 * 1024;
@@ -563,30 +563,21 @@ impl GuestProc {
         backend: &[String],
         tx: std::sync::mpsc::Sender<ConsoleMsg>,
     ) -> GuestProc {
-        let root = repo_root();
-        let env_file = work.join(format!("{name}.env"));
-        fs::write(&env_file, env).unwrap();
-        let log = logs_dir().join(format!("{name}.log"));
-        let stderr_log = logs_dir().join(format!("{name}.stderr.log"));
-        let mut child = Command::new(root.join("scripts/run-guest.sh"))
-            .current_dir(&root)
-            .arg("--script")
-            .arg(root.join("tests/guest/hotplug.sh"))
-            .arg("--env-file")
-            .arg(&env_file)
-            .args(["--mem", "384M", "--timeout"])
-            .arg(GUEST_TIMEOUT_SECS.to_string())
-            .arg("--log")
-            .arg(&log)
-            .args(backend)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(File::create(&stderr_log).unwrap())
-            .spawn()
-            .expect("run scripts/run-guest.sh");
-        let stdout = child.stdout.take().unwrap();
+        let g = spawn_run_guest(
+            name,
+            work,
+            "tests/guest/hotplug.sh",
+            env,
+            &[
+                "--mem".into(),
+                "384M".into(),
+                "--timeout".into(),
+                GUEST_TIMEOUT_SECS.to_string(),
+            ],
+            backend,
+        );
         read_console(
-            stdout,
+            g.stdout,
             None,
             tx,
             move |line| ConsoleMsg::Line(who, line),
@@ -594,9 +585,9 @@ impl GuestProc {
         );
         GuestProc {
             name,
-            child: Some(child),
-            log,
-            stderr_log,
+            child: Some(g.child),
+            log: g.log,
+            stderr_log: g.stderr_log,
         }
     }
 

@@ -69,7 +69,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 mod guest_harness;
 use guest_harness::daemon::{ctl_stdout, Daemon};
 use guest_harness::{
-    daemon_binary, harness_ready, lock, logs_dir, read_console, repo_root, sparse_image, work_dir,
+    daemon_binary, harness_ready, lock, logs_dir, read_console, sparse_image, spawn_run_guest,
+    work_dir,
 };
 
 const MIB: u64 = 1024 * 1024;
@@ -372,35 +373,21 @@ struct Guest {
 
 impl Guest {
     fn spawn(name: &str, work: &Path, env: &str, backend: &[String]) -> Guest {
-        let root = repo_root();
-        let env_file = work.join(format!("{name}.env"));
-        fs::write(&env_file, env).unwrap();
-        let log = logs_dir().join(format!("{name}.log"));
-        let stderr_log = logs_dir().join(format!("{name}.stderr.log"));
-        let mut child = Command::new(root.join("scripts/run-guest.sh"))
-            .current_dir(&root)
-            .arg("--script")
-            .arg(root.join("tests/guest/restart.sh"))
-            .arg("--env-file")
-            .arg(&env_file)
-            .arg("--timeout")
-            .arg(GUEST_TIMEOUT_SECS.to_string())
-            .arg("--log")
-            .arg(&log)
-            .args(backend)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(File::create(&stderr_log).unwrap())
-            .spawn()
-            .expect("run scripts/run-guest.sh");
-        let stdout = child.stdout.take().unwrap();
+        let g = spawn_run_guest(
+            name,
+            work,
+            "tests/guest/restart.sh",
+            env,
+            &["--timeout".into(), GUEST_TIMEOUT_SECS.to_string()],
+            backend,
+        );
         let (tx, rx) = channel();
-        read_console(stdout, None, tx, Some, None);
+        read_console(g.stdout, None, tx, Some, None);
         Guest {
             name: name.to_string(),
-            child: Some(child),
-            log,
-            stderr_log,
+            child: Some(g.child),
+            log: g.log,
+            stderr_log: g.stderr_log,
             rx,
             lines: Vec::new(),
             eof: false,

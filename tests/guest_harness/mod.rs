@@ -14,7 +14,7 @@ pub mod qmp;
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::mpsc::Sender;
 use std::sync::Mutex;
 
@@ -165,6 +165,58 @@ pub fn run_guest_script(what: &str, cmd: &mut Command) -> GuestRun {
         stdout,
         stderr,
         fails,
+    }
+}
+
+/// A `scripts/run-guest.sh` run in the background, its console piped.
+pub struct GuestSpawn {
+    pub child: Child,
+    /// The guest console.
+    pub stdout: ChildStdout,
+    /// run-guest.sh's --log.
+    pub log: PathBuf,
+    /// run-guest.sh's stderr.
+    pub stderr_log: PathBuf,
+}
+
+/// Starts `scripts/run-guest.sh --script SCRIPT --env-file WORK/NAME.env
+/// ARGS... --log LOGS/NAME.log BACKEND...` (`script` relative to the
+/// repository, `env` written to the env file) with no stdin, its stderr in
+/// LOGS/NAME.stderr.log.
+pub fn spawn_run_guest(
+    name: &str,
+    work: &Path,
+    script: &str,
+    env: &str,
+    args: &[String],
+    backend: &[String],
+) -> GuestSpawn {
+    let root = repo_root();
+    let env_file = work.join(format!("{name}.env"));
+    fs::write(&env_file, env).unwrap();
+    let log = logs_dir().join(format!("{name}.log"));
+    let stderr_log = logs_dir().join(format!("{name}.stderr.log"));
+    let mut child = Command::new(root.join("scripts/run-guest.sh"))
+        .current_dir(&root)
+        .arg("--script")
+        .arg(root.join(script))
+        .arg("--env-file")
+        .arg(&env_file)
+        .args(args)
+        .arg("--log")
+        .arg(&log)
+        .args(backend)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(File::create(&stderr_log).unwrap())
+        .spawn()
+        .expect("run scripts/run-guest.sh");
+    let stdout = child.stdout.take().unwrap();
+    GuestSpawn {
+        child,
+        stdout,
+        log,
+        stderr_log,
     }
 }
 

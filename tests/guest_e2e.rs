@@ -39,18 +39,20 @@
 //!   against QEMU's own virtio-scsi + scsi-hd, to tell harness bugs from
 //!   daemon bugs.
 
+use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 mod guest_harness;
+use guest_harness::daemon::{ctl_stdout, Daemon};
 use guest_harness::{
-    daemon_binary, harness_ready, lock, logs_dir, pattern, repo_root, run_guest_script,
-    sparse_image, work_dir,
+    harness_ready, lock, logs_dir, pattern, read_console, repo_root, run_guest_script,
+    sparse_image, spawn_run_guest, work_dir,
 };
 
 const MIB: u64 = 1024 * 1024;
@@ -306,64 +308,22 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
-/// The daemon process; killed on drop if the test did not stop it.
-struct Daemon {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
 impl Daemon {
-    fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn assert_running(&mut self, when: &str) {
-        let child = self.child.as_mut().expect("daemon already stopped");
-        if let Some(st) = child.try_wait().unwrap() {
-            panic!("daemon exited {when} ({st}); its log:\n{}", self.log_text());
-        }
-    }
-
     /// SIGTERM, wait up to 10 s.
     fn terminate(&mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("daemon already stopped");
-        let st = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(st.success(), "kill -TERM failed");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                return st;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "daemon did not exit within 10 s of SIGTERM; its log:\n{}",
-                    fs::read_to_string(&self.log).unwrap_or_default()
-                );
-            }
-            sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.try_terminate().unwrap_or_else(|| {
+            panic!(
+                "daemon did not exit within 10 s of SIGTERM; its log:\n{}",
+                self.log_text()
+            )
+        })
     }
 }
 
 fn start_daemon(images: &[PathBuf], socket: &Path, log: &Path, pr_state: Option<&Path>) -> Daemon {
-    let mut cmd = Command::new(daemon_binary());
-    cmd.arg("serve").arg("--socket").arg(socket);
+    let mut args: Vec<OsString> = vec!["serve".into(), "--socket".into(), socket.into()];
     if let Some(dir) = pr_state {
-        cmd.arg("--pr-state").arg(dir);
+        args.extend(["--pr-state".into(), dir.into()]);
     }
     for (d, img) in DISKS.iter().zip(images) {
         let mut spec = img.display().to_string();
@@ -374,31 +334,10 @@ fn start_daemon(images: &[PathBuf], socket: &Path, log: &Path, pr_state: Option<
             spec.push_str(",readonly");
         }
         write!(spec, ",serial={}", d.serial).unwrap();
-        cmd.arg("--disk").arg(spec);
+        args.extend(["--disk".into(), spec.into()]);
     }
-    cmd.args(["--num-queues", "2"]);
-    let logf = File::create(log).unwrap();
-    cmd.stdin(Stdio::null())
-        .stdout(logf.try_clone().unwrap())
-        .stderr(logf);
-    println!("starting daemon: {cmd:?}");
-    let child = cmd.spawn().expect("spawn vhost-user-scsi serve");
-    let mut daemon = Daemon {
-        child: Some(child),
-        log: log.to_path_buf(),
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !socket.exists() {
-        daemon.assert_running("before creating its socket");
-        assert!(
-            Instant::now() < deadline,
-            "socket {} did not appear within 10 s; daemon log:\n{}",
-            socket.display(),
-            daemon.log_text()
-        );
-        sleep(Duration::from_millis(50));
-    }
-    daemon
+    args.extend(["--num-queues".into(), "2".into()]);
+    Daemon::start(&args, log, &[socket])
 }
 
 #[test]
@@ -624,54 +563,31 @@ impl GuestProc {
         backend: &[String],
         tx: std::sync::mpsc::Sender<ConsoleMsg>,
     ) -> GuestProc {
-        use std::io::BufRead;
-        let root = repo_root();
-        let env_file = work.join(format!("{name}.env"));
-        fs::write(&env_file, env).unwrap();
-        let log = logs_dir().join(format!("{name}.log"));
-        let stderr_log = logs_dir().join(format!("{name}.stderr.log"));
-        let mut child = Command::new(root.join("scripts/run-guest.sh"))
-            .current_dir(&root)
-            .arg("--script")
-            .arg(root.join("tests/guest/hotplug.sh"))
-            .arg("--env-file")
-            .arg(&env_file)
-            .args(["--mem", "384M", "--timeout"])
-            .arg(GUEST_TIMEOUT_SECS.to_string())
-            .arg("--log")
-            .arg(&log)
-            .args(backend)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(File::create(&stderr_log).unwrap())
-            .spawn()
-            .expect("run scripts/run-guest.sh");
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            let mut r = std::io::BufReader::new(stdout);
-            let mut buf = Vec::new();
-            loop {
-                buf.clear();
-                match r.read_until(b'\n', &mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {
-                        let line = String::from_utf8_lossy(&buf)
-                            .replace('\r', "")
-                            .trim_end_matches('\n')
-                            .to_string();
-                        if tx.send(ConsoleMsg::Line(who, line)).is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-            let _ = tx.send(ConsoleMsg::Eof(who));
-        });
+        let g = spawn_run_guest(
+            name,
+            work,
+            "tests/guest/hotplug.sh",
+            env,
+            &[
+                "--mem".into(),
+                "384M".into(),
+                "--timeout".into(),
+                GUEST_TIMEOUT_SECS.to_string(),
+            ],
+            backend,
+        );
+        read_console(
+            g.stdout,
+            None,
+            tx,
+            move |line| ConsoleMsg::Line(who, line),
+            ConsoleMsg::Eof(who),
+        );
         GuestProc {
             name,
-            child: Some(child),
-            log,
-            stderr_log,
+            child: Some(g.child),
+            log: g.log,
+            stderr_log: g.stderr_log,
         }
     }
 
@@ -707,22 +623,7 @@ impl Drop for GuestProc {
 /// failure.
 fn ctl(rpc: &Path, args: &[&str]) -> String {
     let t = Instant::now();
-    let out = Command::new(daemon_binary())
-        .arg("ctl")
-        .arg("--rpc-socket")
-        .arg(rpc)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run vhost-user-scsi ctl");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "ctl {args:?} failed ({}): {}{}",
-        out.status,
-        stdout,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = ctl_stdout(rpc, args);
     if !args.contains(&"--json") {
         print!("ctl {}: {stdout}", args.join(" "));
     }
@@ -830,31 +731,14 @@ fn guest_e2e_hotplug() {
     fs::write(&config, hotplug_config(&sock_a, &sock_b, &img_a0, &img_b0)).unwrap();
 
     let log = logs_dir().join("daemon-hotplug.log");
-    let mut cmd = Command::new(daemon_binary());
-    cmd.arg("serve")
-        .arg("--rpc-socket")
-        .arg(&rpc)
-        .arg("--config")
-        .arg(&config);
-    let logf = File::create(&log).unwrap();
-    cmd.stdin(Stdio::null())
-        .stdout(logf.try_clone().unwrap())
-        .stderr(logf);
-    println!("starting daemon: {cmd:?}");
-    let mut daemon = Daemon {
-        child: Some(cmd.spawn().expect("spawn vhost-user-scsi serve")),
-        log: log.clone(),
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while ![&sock_a, &sock_b, &rpc].iter().all(|s| s.exists()) {
-        daemon.assert_running("before creating its sockets");
-        assert!(
-            Instant::now() < deadline,
-            "sockets did not appear within 10 s; daemon log:\n{}",
-            daemon.log_text()
-        );
-        sleep(Duration::from_millis(50));
-    }
+    let args: [OsString; 5] = [
+        "serve".into(),
+        "--rpc-socket".into(),
+        (&rpc).into(),
+        "--config".into(),
+        (&config).into(),
+    ];
+    let mut daemon = Daemon::start(&args, &log, &[&sock_a, &sock_b, &rpc]);
     let list = ctl_json(&rpc, &["controller_list"]);
     assert_eq!(listed_luns(&list, "vm-a"), [0]);
     assert_eq!(listed_luns(&list, "vm-b"), [0]);

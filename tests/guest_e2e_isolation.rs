@@ -54,10 +54,9 @@
 //! before and after the churn).
 
 use std::fs::{self, File};
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, ExitStatus, Stdio};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::sync::Mutex;
 use std::thread::sleep;
@@ -66,9 +65,11 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 mod guest_harness;
+use guest_harness::daemon::{ctl_output, Daemon};
+use guest_harness::qmp::Qmp;
 use guest_harness::{
-    daemon_binary, harness_ready, lock, logs_dir, repo_root, socket_dir, sparse_image, tail,
-    work_dir,
+    guest_initrd, harness_ready, lock, logs_dir, qemu_command, read_console, socket_dir,
+    sparse_image, tail, work_dir,
 };
 
 const MIB: u64 = 1024 * 1024;
@@ -102,49 +103,9 @@ const B_END_TIMEOUT: Duration = Duration::from_secs(120);
 
 // ---------------------------------------------------------------- daemon
 
-/// The daemon process; killed on drop if the test did not stop it.
-struct Daemon {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
 impl Daemon {
-    fn start(args: &[String], log: &Path, wait_for: &[&Path]) -> Daemon {
-        let mut cmd = Command::new(daemon_binary());
-        cmd.args(args);
-        let logf = File::create(log).unwrap();
-        cmd.stdin(Stdio::null())
-            .stdout(logf.try_clone().unwrap())
-            .stderr(logf);
-        println!("starting daemon: {cmd:?}");
-        let mut d = Daemon {
-            child: Some(cmd.spawn().expect("spawn vhost-user-scsi")),
-            log: log.to_path_buf(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !wait_for.iter().all(|p| p.exists()) {
-            if let Some(e) = d.exited() {
-                panic!(
-                    "daemon {e} before creating its sockets; log:\n{}",
-                    d.log_text()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{wait_for:?} did not appear within 10 s; daemon log:\n{}",
-                d.log_text()
-            );
-            sleep(Duration::from_millis(50));
-        }
-        d
-    }
-
     fn pid(&self) -> u32 {
         self.child.as_ref().expect("daemon stopped").id()
-    }
-
-    fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Log lines with `what` about the controller on `socket`.
@@ -164,55 +125,16 @@ impl Daemon {
 
     /// SIGTERM; its exit status (killed after 10 s).
     fn terminate(&mut self) -> Result<ExitStatus, String> {
-        let mut child = self.child.take().expect("daemon already stopped");
-        let st = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(st.success(), "kill -TERM failed");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                return Ok(st);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err("the daemon did not exit within 10 s of SIGTERM".into());
-            }
-            sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.try_terminate()
+            .ok_or_else(|| "the daemon did not exit within 10 s of SIGTERM".into())
     }
 }
 
 /// `vhost-user-scsi ctl --json --rpc-socket RPC ARGS...`.
 fn ctl_json(rpc: &Path, args: &[&str]) -> Result<Value, String> {
-    let out = Command::new(daemon_binary())
-        .arg("ctl")
-        .arg("--rpc-socket")
-        .arg(rpc)
-        .arg("--json")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run vhost-user-scsi ctl");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !out.status.success() {
-        return Err(format!(
-            "ctl {args:?} failed ({}): {stdout}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let stdout = ctl_output(rpc, &all)?;
     serde_json::from_str(&stdout).map_err(|e| format!("ctl {args:?}: bad JSON ({e}): {stdout}"))
 }
 
@@ -290,100 +212,13 @@ fn settled_proc_stat(pid: u32) -> ProcStat {
     }
 }
 
-// ---------------------------------------------------------------- QMP
-
-/// A QMP connection (JSON lines over a Unix socket); events are skipped.
-struct Qmp {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
-}
-
-impl Qmp {
-    /// Connects (retrying until `deadline`), reads the greeting and enters
-    /// command mode.
-    fn connect(path: &Path, deadline: Instant) -> Result<Qmp, String> {
-        let stream = loop {
-            match UnixStream::connect(path) {
-                Ok(s) => break s,
-                Err(e) if Instant::now() > deadline => {
-                    return Err(format!("QMP connect {}: {e}", path.display()))
-                }
-                Err(_) => sleep(Duration::from_millis(50)),
-            }
-        };
-        stream
-            .set_read_timeout(Some(Duration::from_secs(60)))
-            .unwrap();
-        let mut q = Qmp {
-            reader: BufReader::new(stream.try_clone().unwrap()),
-            writer: stream,
-        };
-        let greeting = q.read_msg()?;
-        if greeting.get("QMP").is_none() {
-            return Err(format!("not a QMP greeting: {greeting}"));
-        }
-        q.execute("qmp_capabilities")?;
-        Ok(q)
-    }
-
-    fn read_msg(&mut self) -> Result<Value, String> {
-        let mut line = String::new();
-        match self.reader.read_line(&mut line) {
-            Ok(0) => Err("QMP connection closed".into()),
-            Ok(_) => {
-                serde_json::from_str(&line).map_err(|e| format!("QMP: bad JSON {line:?}: {e}"))
-            }
-            Err(e) => Err(format!("QMP read: {e}")),
-        }
-    }
-
-    /// Runs a command without arguments: its `return` value.
-    fn execute(&mut self, cmd: &str) -> Result<Value, String> {
-        writeln!(self.writer, "{}", json!({ "execute": cmd }))
-            .map_err(|e| format!("QMP write: {e}"))?;
-        loop {
-            let m = self.read_msg()?;
-            if let Some(r) = m.get("return") {
-                return Ok(r.clone());
-            }
-            if let Some(e) = m.get("error") {
-                return Err(format!("QMP {cmd}: {e}"));
-            }
-        }
-    }
-}
-
 // ---------------------------------------------------------------- QEMU
 
-/// A QEMU command line: TCG, 2 vCPUs, 512 MiB shared memory, the test
-/// guest's kernel (`no_timer_check`) and `initrd`, vhost-user-scsi (2
-/// request queues) on `socket` with `reconnect-ms=1000`.
-fn qemu_command(initrd: &Path, socket: &Path) -> Command {
-    let guest = repo_root().join("build/guest");
-    let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-accel", "tcg", "-smp", "2", "-m", "512M"])
-        .args(["-object", "memory-backend-memfd,id=mem,size=512M,share=on"])
-        .args(["-machine", "pc,memory-backend=mem"])
-        .args(["-display", "none", "-no-reboot", "-nodefaults"])
-        .arg("-kernel")
-        .arg(guest.join("vmlinuz"))
-        .arg("-initrd")
-        .arg(initrd)
-        // no_timer_check: on a starved host the kernel's check of the
-        // IO-APIC timer can fail under TCG ("IO-APIC + timer doesn't
-        // work!", a panic at boot); seen here with a load of 10 on 2 cores.
-        .args(["-append", "console=ttyS0 panic=-1 quiet no_timer_check"])
-        .arg("-chardev")
-        .arg(format!(
-            "socket,id=vus0,path={},reconnect-ms=1000",
-            socket.display()
-        ))
-        .args([
-            "-device",
-            "vhost-user-scsi-pci,id=vscsi0,chardev=vus0,num_queues=2",
-        ]);
-    cmd
-}
+/// The guests' kernel command line. no_timer_check: on a starved host the
+/// kernel's check of the IO-APIC timer can fail under TCG ("IO-APIC +
+/// timer doesn't work!", a panic at boot); seen here with a load of 10 on
+/// 2 cores.
+const APPEND: &str = "console=ttyS0 panic=-1 quiet no_timer_check";
 
 enum ConsoleMsg {
     Line(String),
@@ -402,7 +237,7 @@ struct GuestB {
 
 impl GuestB {
     fn spawn(initrd: &Path, socket: &Path, console_log: &Path, stderr_log: &Path) -> GuestB {
-        let mut cmd = qemu_command(initrd, socket);
+        let mut cmd = qemu_command(initrd, socket, APPEND);
         cmd.args(["-serial", "stdio"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -410,29 +245,9 @@ impl GuestB {
         println!("starting guest B: {cmd:?}");
         let mut child = cmd.spawn().expect("spawn qemu-system-x86_64");
         let stdout = child.stdout.take().unwrap();
-        let mut log = File::create(console_log).unwrap();
+        let log = File::create(console_log).unwrap();
         let (tx, rx) = channel();
-        std::thread::spawn(move || {
-            let mut r = BufReader::new(stdout);
-            let mut buf = Vec::new();
-            loop {
-                buf.clear();
-                match r.read_until(b'\n', &mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {
-                        let _ = log.write_all(&buf);
-                        let line = String::from_utf8_lossy(&buf)
-                            .replace('\r', "")
-                            .trim_end_matches('\n')
-                            .to_string();
-                        if tx.send(ConsoleMsg::Line(line)).is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-            let _ = tx.send(ConsoleMsg::Eof);
-        });
+        read_console(stdout, Some(log), tx, ConsoleMsg::Line, ConsoleMsg::Eof);
         GuestB {
             stdin: child.stdin.take(),
             child: Some(child),
@@ -512,7 +327,7 @@ impl QemuA {
         let console = dir.join(format!("{n:02}-console.log"));
         let stderr = dir.join(format!("{n:02}-qemu.log"));
         let _ = fs::remove_file(&qmp);
-        let mut cmd = qemu_command(initrd, socket);
+        let mut cmd = qemu_command(initrd, socket, APPEND);
         cmd.arg("-serial")
             .arg(format!("file:{}", console.display()))
             .arg("-qmp")
@@ -591,34 +406,15 @@ fn config(sock_a: &Path, img_a: &Path, sock_b: &Path, img_b: &Path) -> String {
 
 /// The initrd of `role` (scripts/guest-initrd.sh with tests/guest/isolation.sh).
 fn build_initrd(work: &Path, role: &str) -> PathBuf {
-    let root = repo_root();
-    let env_file = work.join(format!("{role}.env"));
-    fs::write(
-        &env_file,
-        format!(
+    guest_initrd(
+        "tests/guest/isolation.sh",
+        &format!(
             "EXPECT_DISKS=1\nLUNS=\"0\"\nISO_ROLE={role}\nFIO_OFFSET=8M\nFIO_SIZE=8M\n\
              ISO_ROUND_SECS={ROUND_SECS}\nISO_MAX_ROUNDS=60\n"
         ),
+        &work.join(format!("{role}.env")),
+        work.join(format!("initrd-{role}")),
     )
-    .unwrap();
-    let initrd = work.join(format!("initrd-{role}"));
-    let out = Command::new(root.join("scripts/guest-initrd.sh"))
-        .arg("--script")
-        .arg(root.join("tests/guest/isolation.sh"))
-        .arg("--env-file")
-        .arg(&env_file)
-        .arg("--out")
-        .arg(&initrd)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run scripts/guest-initrd.sh");
-    assert!(
-        out.status.success() && initrd.is_file(),
-        "scripts/guest-initrd.sh failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    initrd
 }
 
 /// Failure messages with the tails of every log.
@@ -972,10 +768,14 @@ fn guest_e2e_isolation() {
         match kill {
             Kill::Connected => {}
             Kill::Realized(ms) => {
-                let mut qmp = Qmp::connect(&q.qmp, Instant::now() + A_TIMEOUT)
-                    .unwrap_or_else(|e| logs.fail(&format!("QEMU {n}: {e}")));
+                let mut qmp = Qmp::connect(
+                    &q.qmp,
+                    Instant::now() + A_TIMEOUT,
+                    Duration::from_millis(50),
+                )
+                .unwrap_or_else(|e| logs.fail(&format!("QEMU {n}: {e}")));
                 let st = qmp
-                    .execute("query-status")
+                    .execute("query-status", json!({}))
                     .unwrap_or_else(|e| logs.fail(&format!("QEMU {n}: {e}")));
                 let list = ctl_json(&rpc, &["controller_list"]).unwrap_or_else(|e| logs.fail(&e));
                 if named(&list, "vm-a")["state"] != "connected"

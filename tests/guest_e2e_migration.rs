@@ -35,11 +35,10 @@
 //! Logs (guest consoles, QEMU stderr, daemons) stay in
 //! target/tmp/guest-e2e-logs/migration-*.
 
-use std::fs::{self, File};
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
-use std::os::unix::net::UnixStream;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, ExitStatus, Stdio};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
@@ -47,9 +46,11 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 mod guest_harness;
+use guest_harness::daemon::{ctl_stdout, Daemon};
+use guest_harness::qmp::Qmp;
 use guest_harness::{
-    daemon_binary, harness_ready, lock, logs_dir, pattern, repo_root, socket_dir, sparse_image,
-    tail, work_dir,
+    guest_initrd, harness_ready, lock, logs_dir, pattern, qemu_command, read_console, socket_dir,
+    sparse_image, tail, work_dir,
 };
 
 const MIB: u64 = 1024 * 1024;
@@ -67,83 +68,20 @@ const MIGRATE_TIMEOUT: Duration = Duration::from_secs(180);
 
 // ---------------------------------------------------------------- daemon
 
-/// A daemon process; killed on drop if the test did not stop it.
-struct Daemon {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
 impl Daemon {
-    /// `vhost-user-scsi ARGS...`, logging to `log`; waits until every path
-    /// of `wait_for` exists.
-    fn start(args: &[String], log: &Path, wait_for: &[&Path]) -> Daemon {
-        let mut cmd = Command::new(daemon_binary());
-        cmd.args(args);
-        let logf = File::create(log).unwrap();
-        cmd.stdin(Stdio::null())
-            .stdout(logf.try_clone().unwrap())
-            .stderr(logf);
-        println!("starting daemon: {cmd:?}");
-        let mut d = Daemon {
-            child: Some(cmd.spawn().expect("spawn vhost-user-scsi")),
-            log: log.to_path_buf(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !wait_for.iter().all(|p| p.exists()) {
-            d.assert_running("before creating its sockets");
-            assert!(
-                Instant::now() < deadline,
-                "{wait_for:?} did not appear within 10 s; daemon log:\n{}",
-                d.log_text()
-            );
-            sleep(Duration::from_millis(50));
-        }
-        d
-    }
-
-    fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn assert_running(&mut self, when: &str) {
-        let child = self.child.as_mut().expect("daemon already stopped");
-        if let Some(st) = child.try_wait().unwrap() {
-            panic!(
-                "daemon ({}) exited {when} ({st}); its log:\n{}",
-                self.log.display(),
-                self.log_text()
-            );
-        }
-    }
-
     /// SIGTERM; panics unless it exits 0 within 10 s.
     fn terminate(&mut self) {
-        let mut child = self.child.take().expect("daemon already stopped");
-        let st = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(st.success(), "kill -TERM failed");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                assert!(
-                    st.success(),
-                    "daemon ({}) exited {st} after SIGTERM; log:\n{}",
-                    self.log.display(),
-                    self.log_text()
-                );
-                return;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "daemon did not exit within 10 s of SIGTERM; its log:\n{}",
-                    self.log_text()
-                );
-            }
-            sleep(Duration::from_millis(50));
+        match self.try_terminate() {
+            Some(st) => assert!(
+                st.success(),
+                "daemon ({}) exited {st} after SIGTERM; log:\n{}",
+                self.log.display(),
+                self.log_text()
+            ),
+            None => panic!(
+                "daemon did not exit within 10 s of SIGTERM; its log:\n{}",
+                self.log_text()
+            ),
         }
     }
 
@@ -168,34 +106,10 @@ impl Daemon {
     }
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 /// `vhost-user-scsi ctl --rpc-socket RPC ARGS...`: its stdout; panics on
 /// failure.
 fn ctl(rpc: &Path, args: &[&str]) -> String {
-    let out = Command::new(daemon_binary())
-        .arg("ctl")
-        .arg("--rpc-socket")
-        .arg(rpc)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run vhost-user-scsi ctl");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "ctl {args:?} failed ({}): {}{}",
-        out.status,
-        stdout,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = ctl_stdout(rpc, args);
     println!("ctl {}:\n{stdout}", args.join(" "));
     stdout
 }
@@ -205,75 +119,6 @@ fn ctl_json(rpc: &Path, args: &[&str]) -> Value {
     all.extend_from_slice(args);
     let out = ctl(rpc, &all);
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("ctl {args:?}: bad JSON ({e}): {out}"))
-}
-
-// ---------------------------------------------------------------- QMP
-
-/// A QMP connection (JSON lines over a Unix socket); events are skipped.
-struct Qmp {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
-}
-
-impl Qmp {
-    /// Connects (retrying until `deadline`), reads the greeting and enters
-    /// command mode.
-    fn connect(path: &Path, deadline: Instant) -> Result<Qmp, String> {
-        let stream = loop {
-            match UnixStream::connect(path) {
-                Ok(s) => break s,
-                Err(e) if Instant::now() > deadline => {
-                    return Err(format!("QMP connect {}: {e}", path.display()))
-                }
-                Err(_) => sleep(Duration::from_millis(100)),
-            }
-        };
-        stream
-            .set_read_timeout(Some(Duration::from_secs(60)))
-            .unwrap();
-        let mut q = Qmp {
-            reader: BufReader::new(stream.try_clone().unwrap()),
-            writer: stream,
-        };
-        let greeting = q.read_msg()?;
-        if greeting.get("QMP").is_none() {
-            return Err(format!("not a QMP greeting: {greeting}"));
-        }
-        q.execute("qmp_capabilities", json!({}))?;
-        Ok(q)
-    }
-
-    fn read_msg(&mut self) -> Result<Value, String> {
-        let mut line = String::new();
-        match self.reader.read_line(&mut line) {
-            Ok(0) => Err("QMP connection closed".into()),
-            Ok(_) => {
-                serde_json::from_str(&line).map_err(|e| format!("QMP: bad JSON {line:?}: {e}"))
-            }
-            Err(e) => Err(format!("QMP read: {e}")),
-        }
-    }
-
-    /// Runs a command: its `return` value, or the QMP error as text.
-    fn execute(&mut self, cmd: &str, args: Value) -> Result<Value, String> {
-        let mut msg = json!({ "execute": cmd });
-        if args.as_object().is_some_and(|a| !a.is_empty()) {
-            msg["arguments"] = args;
-        }
-        writeln!(self.writer, "{msg}").map_err(|e| format!("QMP write: {e}"))?;
-        loop {
-            let m = self.read_msg()?;
-            if let Some(r) = m.get("return") {
-                return Ok(r.clone());
-            }
-            if let Some(e) = m.get("error") {
-                return Err(format!("QMP {cmd}: {e}"));
-            }
-            if let Some(ev) = m.get("event") {
-                println!("QMP event: {ev} {}", m.get("data").unwrap_or(&Value::Null));
-            }
-        }
-    }
 }
 
 // ---------------------------------------------------------------- QEMU
@@ -311,27 +156,8 @@ impl Qemu {
         extra: &[String],
         tx: Sender<ConsoleMsg>,
     ) -> Qemu {
-        let guest = repo_root().join("build/guest");
-        let mut cmd = Command::new("qemu-system-x86_64");
-        cmd.args(["-accel", "tcg", "-smp", "2", "-m", "512M"])
-            .args(["-object", "memory-backend-memfd,id=mem,size=512M,share=on"])
-            .args(["-machine", "pc,memory-backend=mem"])
-            .args(["-display", "none", "-no-reboot", "-nodefaults"])
-            .args(["-serial", "stdio"])
-            .arg("-kernel")
-            .arg(guest.join("vmlinuz"))
-            .arg("-initrd")
-            .arg(initrd)
-            .args(["-append", "console=ttyS0 panic=-1 quiet"])
-            .arg("-chardev")
-            .arg(format!(
-                "socket,id=vus0,path={},reconnect-ms=1000",
-                vhost_socket.display()
-            ))
-            .args([
-                "-device",
-                "vhost-user-scsi-pci,id=vscsi0,chardev=vus0,num_queues=2",
-            ])
+        let mut cmd = qemu_command(initrd, vhost_socket, "console=ttyS0 panic=-1 quiet");
+        cmd.args(["-serial", "stdio"])
             .arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", qmp_path.display()))
             .args(extra)
@@ -341,28 +167,14 @@ impl Qemu {
         println!("starting {side:?} QEMU: {cmd:?}");
         let mut child = cmd.spawn().expect("spawn qemu-system-x86_64");
         let stdout = child.stdout.take().unwrap();
-        let mut log = File::create(console_log).unwrap();
-        std::thread::spawn(move || {
-            let mut r = BufReader::new(stdout);
-            let mut buf = Vec::new();
-            loop {
-                buf.clear();
-                match r.read_until(b'\n', &mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {
-                        let _ = log.write_all(&buf);
-                        let line = String::from_utf8_lossy(&buf)
-                            .replace('\r', "")
-                            .trim_end_matches('\n')
-                            .to_string();
-                        if tx.send(ConsoleMsg::Line(side, line)).is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-            let _ = tx.send(ConsoleMsg::Eof(side));
-        });
+        let log = File::create(console_log).unwrap();
+        read_console(
+            stdout,
+            Some(log),
+            tx,
+            move |line| ConsoleMsg::Line(side, line),
+            ConsoleMsg::Eof(side),
+        );
         Qemu {
             side,
             stdin: child.stdin.take(),
@@ -497,27 +309,12 @@ fn guest_env(extra: &str) -> String {
 
 /// Builds the initrd both QEMUs load (scripts/guest-initrd.sh).
 fn build_initrd(work: &Path, env: &str) -> PathBuf {
-    let root = repo_root();
-    let env_file = work.join("test.env");
-    fs::write(&env_file, env).unwrap();
-    let initrd = work.join("initrd");
-    let out = Command::new(root.join("scripts/guest-initrd.sh"))
-        .arg("--script")
-        .arg(root.join("tests/guest/migrate.sh"))
-        .arg("--env-file")
-        .arg(&env_file)
-        .arg("--out")
-        .arg(&initrd)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run scripts/guest-initrd.sh");
-    assert!(
-        out.status.success() && initrd.is_file(),
-        "scripts/guest-initrd.sh failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    initrd
+    guest_initrd(
+        "tests/guest/migrate.sh",
+        env,
+        &work.join("test.env"),
+        work.join("initrd"),
+    )
 }
 
 /// Boots the guest on a source QEMU, starts the destination QEMU
@@ -571,8 +368,12 @@ fn migrate_guest(setup: &Setup, work: &Path, before_dst: &mut dyn FnMut()) -> Re
             if let Some(st) = q.exited() {
                 run.fail(&format!("{:?} QEMU exited at start ({st})", q.side));
             }
-            match Qmp::connect(&q.qmp_path, Instant::now() + Duration::from_secs(1)) {
-                Ok(c) => return c,
+            match Qmp::connect(
+                &q.qmp_path,
+                Instant::now() + Duration::from_secs(1),
+                Duration::from_millis(100),
+            ) {
+                Ok(c) => return c.printing_events(),
                 Err(e) if Instant::now() > deadline => run.fail(&format!("{:?} QEMU: {e}", q.side)),
                 Err(_) => {}
             }

@@ -67,8 +67,10 @@ use std::thread::sleep;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 mod guest_harness;
+use guest_harness::daemon::{ctl_stdout, Daemon};
 use guest_harness::{
-    daemon_binary, harness_ready, lock, logs_dir, repo_root, sparse_image, work_dir,
+    daemon_binary, harness_ready, lock, logs_dir, read_console, sparse_image, spawn_run_guest,
+    work_dir,
 };
 
 const MIB: u64 = 1024 * 1024;
@@ -132,12 +134,6 @@ fn log_time(line: &str) -> Option<f64> {
 
 // ---------------------------------------------------------------- daemon
 
-/// One daemon process; killed on drop if the test did not stop it.
-struct Daemon {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
 impl Daemon {
     /// `vhost-user-scsi serve ARGS` with RUST_LOG=debug, output to `log`.
     fn spawn(args: &[OsString], log: &Path) -> Daemon {
@@ -152,21 +148,6 @@ impl Daemon {
         Daemon {
             child: Some(cmd.spawn().expect("spawn vhost-user-scsi serve")),
             log: log.to_path_buf(),
-        }
-    }
-
-    fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn assert_running(&mut self, when: &str) {
-        let child = self.child.as_mut().expect("daemon already stopped");
-        if let Some(st) = child.try_wait().unwrap() {
-            panic!(
-                "daemon exited {when} ({st}); its log {}:\n{}",
-                self.log.display(),
-                self.log_text()
-            );
         }
     }
 
@@ -275,15 +256,6 @@ impl Daemon {
     }
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 /// One JSON-RPC call without parameters: its result, or None when the
 /// daemon does not answer (yet).
 fn rpc_call(rpc: &Path, method: &str) -> Option<serde_json::Value> {
@@ -379,22 +351,7 @@ fn queued_requests(rpc: &Path) -> Option<u64> {
 /// `vhost-user-scsi ctl --rpc-socket RPC ARGS...`: its stdout; panics on
 /// failure.
 fn ctl(rpc: &Path, args: &[&str]) -> String {
-    let out = Command::new(daemon_binary())
-        .arg("ctl")
-        .arg("--rpc-socket")
-        .arg(rpc)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run vhost-user-scsi ctl");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "ctl {args:?} failed ({}): {}{}",
-        out.status,
-        stdout,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = ctl_stdout(rpc, args);
     println!("ctl {}: {stdout}", args.join(" "));
     stdout
 }
@@ -416,54 +373,21 @@ struct Guest {
 
 impl Guest {
     fn spawn(name: &str, work: &Path, env: &str, backend: &[String]) -> Guest {
-        let root = repo_root();
-        let env_file = work.join(format!("{name}.env"));
-        fs::write(&env_file, env).unwrap();
-        let log = logs_dir().join(format!("{name}.log"));
-        let stderr_log = logs_dir().join(format!("{name}.stderr.log"));
-        let mut child = Command::new(root.join("scripts/run-guest.sh"))
-            .current_dir(&root)
-            .arg("--script")
-            .arg(root.join("tests/guest/restart.sh"))
-            .arg("--env-file")
-            .arg(&env_file)
-            .arg("--timeout")
-            .arg(GUEST_TIMEOUT_SECS.to_string())
-            .arg("--log")
-            .arg(&log)
-            .args(backend)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(File::create(&stderr_log).unwrap())
-            .spawn()
-            .expect("run scripts/run-guest.sh");
-        let stdout = child.stdout.take().unwrap();
+        let g = spawn_run_guest(
+            name,
+            work,
+            "tests/guest/restart.sh",
+            env,
+            &["--timeout".into(), GUEST_TIMEOUT_SECS.to_string()],
+            backend,
+        );
         let (tx, rx) = channel();
-        std::thread::spawn(move || {
-            let mut r = BufReader::new(stdout);
-            let mut buf = Vec::new();
-            loop {
-                buf.clear();
-                match r.read_until(b'\n', &mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {
-                        let line = String::from_utf8_lossy(&buf)
-                            .replace('\r', "")
-                            .trim_end_matches('\n')
-                            .to_string();
-                        if tx.send(Some(line)).is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-            let _ = tx.send(None);
-        });
+        read_console(g.stdout, None, tx, Some, None);
         Guest {
             name: name.to_string(),
-            child: Some(child),
-            log,
-            stderr_log,
+            child: Some(g.child),
+            log: g.log,
+            stderr_log: g.stderr_log,
             rx,
             lines: Vec::new(),
             eof: false,

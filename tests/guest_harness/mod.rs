@@ -1,13 +1,21 @@
 //! What the guest end-to-end tests (tests/guest_e2e*.rs) share: where the
 //! repository, the daemon and the logs are, whether the test guest and QEMU
 //! are there (skip loudly without them, fail when `CI=true`), one lock so a
-//! test binary's guests do not overlap (2 cores, TCG), scratch directories.
+//! test binary's guests do not overlap (2 cores, TCG), scratch directories;
+//! the daemon process and `ctl` calls ([`daemon`]), a QMP client ([`qmp`]),
+//! the QEMU command line, initrds and console readers of the tests that
+//! start QEMU themselves.
 
 #![allow(dead_code)]
 
+pub mod daemon;
+pub mod qmp;
+
 use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::mpsc::Sender;
 use std::sync::Mutex;
 
 /// Guest boots of one test binary must not overlap.
@@ -158,4 +166,145 @@ pub fn run_guest_script(what: &str, cmd: &mut Command) -> GuestRun {
         stderr,
         fails,
     }
+}
+
+/// A `scripts/run-guest.sh` run in the background, its console piped.
+pub struct GuestSpawn {
+    pub child: Child,
+    /// The guest console.
+    pub stdout: ChildStdout,
+    /// run-guest.sh's --log.
+    pub log: PathBuf,
+    /// run-guest.sh's stderr.
+    pub stderr_log: PathBuf,
+}
+
+/// Starts `scripts/run-guest.sh --script SCRIPT --env-file WORK/NAME.env
+/// ARGS... --log LOGS/NAME.log BACKEND...` (`script` relative to the
+/// repository, `env` written to the env file) with no stdin, its stderr in
+/// LOGS/NAME.stderr.log.
+pub fn spawn_run_guest(
+    name: &str,
+    work: &Path,
+    script: &str,
+    env: &str,
+    args: &[String],
+    backend: &[String],
+) -> GuestSpawn {
+    let root = repo_root();
+    let env_file = work.join(format!("{name}.env"));
+    fs::write(&env_file, env).unwrap();
+    let log = logs_dir().join(format!("{name}.log"));
+    let stderr_log = logs_dir().join(format!("{name}.stderr.log"));
+    let mut child = Command::new(root.join("scripts/run-guest.sh"))
+        .current_dir(&root)
+        .arg("--script")
+        .arg(root.join(script))
+        .arg("--env-file")
+        .arg(&env_file)
+        .args(args)
+        .arg("--log")
+        .arg(&log)
+        .args(backend)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(File::create(&stderr_log).unwrap())
+        .spawn()
+        .expect("run scripts/run-guest.sh");
+    let stdout = child.stdout.take().unwrap();
+    GuestSpawn {
+        child,
+        stdout,
+        log,
+        stderr_log,
+    }
+}
+
+/// A QEMU command line: TCG, 2 vCPUs, 512 MiB shared memory, the test
+/// guest's kernel with command line `append` and `initrd`,
+/// vhost-user-scsi (2 request queues) on `socket` with
+/// `reconnect-ms=1000`. The console, QMP and stdio are the caller's.
+pub fn qemu_command(initrd: &Path, socket: &Path, append: &str) -> Command {
+    let guest = repo_root().join("build/guest");
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-accel", "tcg", "-smp", "2", "-m", "512M"])
+        .args(["-object", "memory-backend-memfd,id=mem,size=512M,share=on"])
+        .args(["-machine", "pc,memory-backend=mem"])
+        .args(["-display", "none", "-no-reboot", "-nodefaults"])
+        .arg("-kernel")
+        .arg(guest.join("vmlinuz"))
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", append])
+        .arg("-chardev")
+        .arg(format!(
+            "socket,id=vus0,path={},reconnect-ms=1000",
+            socket.display()
+        ))
+        .args([
+            "-device",
+            "vhost-user-scsi-pci,id=vscsi0,chardev=vus0,num_queues=2",
+        ]);
+    cmd
+}
+
+/// Writes `env` to `env_file` and builds `initrd` with
+/// scripts/guest-initrd.sh: the guest initramfs with `script` (relative to
+/// the repository) as /test.sh and `env_file` as /test.env.
+pub fn guest_initrd(script: &str, env: &str, env_file: &Path, initrd: PathBuf) -> PathBuf {
+    let root = repo_root();
+    fs::write(env_file, env).unwrap();
+    let out = Command::new(root.join("scripts/guest-initrd.sh"))
+        .arg("--script")
+        .arg(root.join(script))
+        .arg("--env-file")
+        .arg(env_file)
+        .arg("--out")
+        .arg(&initrd)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run scripts/guest-initrd.sh");
+    assert!(
+        out.status.success() && initrd.is_file(),
+        "scripts/guest-initrd.sh failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    initrd
+}
+
+/// Reads a guest console (`out`) line by line on a thread: copies it to
+/// `log` if given and sends each line (carriage returns and the newline
+/// removed) as `line(text)` to `tx`, then `eof` at its end. Stops when the
+/// receiver is gone.
+pub fn read_console<M: Send + 'static>(
+    out: impl Read + Send + 'static,
+    mut log: Option<File>,
+    tx: Sender<M>,
+    line: impl Fn(String) -> M + Send + 'static,
+    eof: M,
+) {
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(out);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match r.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    if let Some(log) = log.as_mut() {
+                        let _ = log.write_all(&buf);
+                    }
+                    let text = String::from_utf8_lossy(&buf)
+                        .replace('\r', "")
+                        .trim_end_matches('\n')
+                        .to_string();
+                    if tx.send(line(text)).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = tx.send(eof);
+    });
 }

@@ -319,12 +319,8 @@ impl RequestWorker {
                 }
                 self.armed = true;
                 match state.enable_notification() {
-                    Ok(true) if avail_index_broken(state.get_queue(), &mem) => {
-                        if state.get_queue().ready() {
-                            warn_limited!(self.log, queue = self.index, "the guest's avail index is beyond the ring: ignoring the queue until its next kick");
-                        }
-                        break;
-                    }
+                    // More came meanwhile; a broken avail index is caught at
+                    // the top of the loop.
                     Ok(true) => continue,
                     Ok(false) => break,
                     Err(e) => {

@@ -39,6 +39,20 @@ sectors_logged() {
     dmesg | sed -n "s/.* error, dev $1, sector \([0-9]*\).*/\1/p" | sort -u
 }
 
+# medium_error_logged PREFIX DISK SECTOR SENSE SHOW: after a failed
+# transfer, the kernel logged a medium error for SECTOR of DISK only, with
+# the sense text SENSE (the dmesg lines matching the regex SHOW are shown).
+medium_error_logged() {
+    dmesg | grep -iE "$5" | sed 's/^/  dmesg| /'
+    expect_eq "$1 kernel logs a medium error for sector $3 only" \
+        "$(sectors_logged "$2" | tr '\n' ' ')" "$3 "
+    if dmesg | grep -qi "$4"; then
+        pass "$1 sense: $4"
+    else
+        fail "$1 sense: $4" "not in the kernel log"
+    fi
+}
+
 test_faults_medium() {
     _l=${FAULT_LUN:-0}
     _p="faults: lun $_l"
@@ -53,14 +67,7 @@ test_faults_medium() {
     else
         pass "$_p read over sector $_r fails (EIO)"
     fi
-    dmesg | grep -iE 'medium|unrecovered|sector' | sed 's/^/  dmesg| /'
-    expect_eq "$_p kernel logs a medium error for sector $_r only" \
-        "$(sectors_logged "$_sd" | tr '\n' ' ')" "$_r "
-    if dmesg | grep -qi 'Unrecovered read error'; then
-        pass "$_p sense: Unrecovered read error"
-    else
-        fail "$_p sense: Unrecovered read error" "not in the kernel log"
-    fi
+    medium_error_logged "$_p" "$_sd" "$_r" 'Unrecovered read error' 'medium|unrecovered|sector'
     # ...the sectors on both sides read fine, with the host's data.
     read_blocks "$_sd" $((_r - 10)) 10 512 >/tmp/before.bin
     pattern "$FAULT_SEED" "$_l" $(((_r - 10) * 512)) 5120 >/tmp/want.bin
@@ -77,14 +84,7 @@ test_faults_medium() {
     else
         pass "$_p write over sector $_w fails (EIO)"
     fi
-    dmesg | grep -iE 'medium|write error|sector' | sed 's/^/  dmesg| /'
-    expect_eq "$_p kernel logs a medium error for sector $_w only" \
-        "$(sectors_logged "$_sd" | tr '\n' ' ')" "$_w "
-    if dmesg | grep -qi 'Write error'; then
-        pass "$_p sense: Write error"
-    else
-        fail "$_p sense: Write error" "not in the kernel log"
-    fi
+    medium_error_logged "$_p" "$_sd" "$_w" 'Write error' 'medium|write error|sector'
     read_blocks "$_sd" $((_w - 4)) 4 512 >/tmp/got.bin
     head -c 2048 /tmp/w.bin >/tmp/want.bin
     same_file "$_p the 4 sectors before $_w were written" /tmp/got.bin /tmp/want.bin
